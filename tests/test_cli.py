@@ -23,18 +23,7 @@ FASHION_FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                  't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny workloads: one intra-op thread. On a 2-core machine that is also running something else, torch's and
-    OpenMP's second thread makes these steps 10x slower (spin-waiting for a busy core) without changing results."""
-    try: from threadpoolctl import threadpool_limits  # installed with scikit-learn (t-SNE)
-    except ImportError: threadpool_limits = lambda n: contextlib.nullcontext()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1): yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 
 @pytest.fixture(autouse=True)
