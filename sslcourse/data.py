@@ -527,7 +527,7 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torc
 
 def get_data(name: str = 'fashion_mnist_small', root=None, download: bool = False,
              limit: int | None = None, seed: int = 0, **kwargs) -> ImageData:
-    "The dataset registered as `name`; `limit` keeps that many training images per class."
+    "The dataset registered as `name`; `limit` keeps that many images per class in the training split, and at most that many in the test split (tiny runs evaluate fast too)."
     data = DATASETS.get(name)(root=root, download=download, **kwargs)
     if limit is not None:
         data.train = data.train[balanced_subset(data.train.labels, limit, seed)]

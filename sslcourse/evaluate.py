@@ -6,16 +6,16 @@ Docs: https://sslcourse.github.io/sslcourse/evaluate.html.md"""
 
 # %% ../nbs/05_evaluate.ipynb #4c470247
 from __future__ import annotations
-import copy
+import copy, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import UsageError, get_device, seed_everything
+from .core import UsageError, get_device, seed_everything, budget
 from .data import ImageData, label_subset, GPUBatches, Split
 
 # %% auto #0
 __all__ = ['embed', 'pixels', 'knn_accuracy', 'linear_probe', 'evaluate_encoder', 'reinitialised', 'compare_with_baselines',
-           'format_results', 'Classifier', 'finetune']
+           'format_results', 'Classifier', 'training_epochs', 'finetune']
 
 # %% ../nbs/05_evaluate.ipynb #08f43ee2
 @torch.no_grad()
@@ -123,10 +123,19 @@ class Classifier(nn.Module):
     def forward(self, x): return self.head(self.encoder(x))
 
 
+def training_epochs(train_size: int, bs: int, epochs: int, min_steps: int, max_steps: int) -> int:
+    "Epochs of `train_size // bs` steps each: `epochs`, stretched to at least `min_steps` and cut to `max_steps`."
+    steps_per_epoch = max(1, train_size // bs)
+    steps = min(max(epochs * steps_per_epoch, min_steps), max_steps)
+    return max(1, math.ceil(steps / steps_per_epoch))
+
+
 def finetune(encoder: nn.Module, data: ImageData, fraction: float | None = None, per_class: int | None = None,
-             epochs: int = 10, lr: float = 1e-3, bs: int = 128, seed: int = 0, device=None,
-             size: int | None = None) -> float:
-    "Test accuracy after fine-tuning a copy of `encoder` plus a linear head on a seeded label subset."
+             epochs: int = 10, lr: float = 1e-3, bs: int = 64, seed: int = 0, device=None,
+             size: int | None = None, min_steps: int | None = None, max_steps: int = 600) -> float:
+    """Test accuracy after fine-tuning a copy of `encoder` plus a linear head on a seeded label subset.
+    `epochs` is stretched to at least `min_steps` optimiser steps (150; 20 under IN_TEST) and cut to `max_steps`:
+    10 labels per class is one batch, and ten one-step epochs would barely move the weights."""
     from fastai.learner import Learner
     from fastai.data.core import DataLoaders
     from fastai.optimizer import OptimWrapper
@@ -147,6 +156,7 @@ def finetune(encoder: nn.Module, data: ImageData, fraction: float | None = None,
         return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False) if size != data.size else x
     model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
     batch = min(bs, len(subset))
+    epochs = training_epochs(len(subset), batch, epochs, budget(150, 20) if min_steps is None else min_steps, max_steps)
     dls = DataLoaders(GPUBatches(subset, batch, device), GPUBatches(data.test, 512, device, shuffle=False, drop_last=False))
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[Augment()],
                     opt_func=lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=0.05))

@@ -158,8 +158,8 @@ def _arm_source(arm: str, base_a: TransferNet, base_b: TransferNet) -> TransferN
 
 
 def _check_experiment(seeds: int, epochs: int, ns: list) -> None:
-    if seeds < 1: raise UsageError(f'seeds must be at least 1, got {seeds}')
-    if epochs < 1: raise UsageError(f'epochs must be at least 1, got {epochs}')
+    if seeds < 1: raise UsageError(f'seeds (--seeds) must be at least 1, got {seeds}; 3 gives error bars')
+    if epochs < 1: raise UsageError(f'epochs (--epochs) must be at least 1, got {epochs}')
     if not ns or min(ns) < 1 or max(ns) > 7:
         raise UsageError(f'n must lie in 1..7 (layer 8 is the classifier), got {ns}')
 

@@ -18,7 +18,7 @@ from .data import ImageData, Split, GPUBatches, DATASETS, get_data, label_subset
 from .augment import ViewPipeline
 from .evaluate import Classifier, linear_probe, reinitialised
 from .models import splitter
-from .supervised import training_epochs
+from .evaluate import training_epochs
 from .pretrained import ARCHITECTURE, TENSORFLOW_COMPATIBLE, MEAN, STANDARD_DEVIATION
 from .pretrained import create_pretrained, normalisation
 

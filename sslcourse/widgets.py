@@ -6,8 +6,8 @@ Docs: https://sslcourse.github.io/sslcourse/widgets.html.md"""
 
 # %% ../nbs/09_widgets.ipynb #e6ccf62d
 from __future__ import annotations
-from dataclasses import replace
 import ipywidgets as widgets
+from IPython.display import display
 import matplotlib.pyplot as plt
 from .augment import ViewPipeline, show_views
 from .data import ImageData
