@@ -7,7 +7,7 @@ Docs: https://sslcourse.github.io/sslcourse/supervised.html.md"""
 
 # %% ../nbs/10_supervised.ipynb #f4d88f41
 from __future__ import annotations
-import json, math, time
+import json, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -17,12 +17,12 @@ from .core import UsageError, get_device, seed_everything
 from .data import ImageData, Split, GPUBatches, label_subset
 from .models import convnet
 from .augment import ViewPipeline
-from .evaluate import Classifier
+from .evaluate import Classifier, training_epochs
 
 # %% auto #0
-__all__ = ['RECIPES', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'training_epochs', 'accuracy_on_test',
-           'supervised_classifier', 'train_supervised', 'label_scarcity_curve', 'plot_label_scarcity', 'format_curves',
-           'save_curves', 'read_supervised_baseline', 'baseline_accuracy']
+__all__ = ['RECIPES', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'accuracy_on_test', 'supervised_classifier',
+           'train_supervised', 'label_scarcity_curve', 'plot_label_scarcity', 'format_curves', 'save_curves',
+           'read_supervised_baseline', 'baseline_accuracy']
 
 # %% ../nbs/10_supervised.ipynb #984e6e99
 @dataclass(frozen=True)
@@ -44,13 +44,6 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
     if isinstance(recipe, Recipe): return recipe
     if recipe not in RECIPES: raise UsageError(f"unknown recipe '{recipe}'; choose from: {', '.join(RECIPES)}")
     return RECIPES[recipe]
-
-# %% ../nbs/10_supervised.ipynb #a1979b01
-def training_epochs(train_size: int, bs: int, epochs: int, min_steps: int, max_steps: int) -> int:
-    "Epochs of `train_size // bs` steps each: `epochs`, stretched to at least `min_steps` and cut to `max_steps`."
-    steps_per_epoch = max(1, train_size // bs)
-    steps = min(max(epochs * steps_per_epoch, min_steps), max_steps)
-    return max(1, math.ceil(steps / steps_per_epoch))
 
 # %% ../nbs/10_supervised.ipynb #60f8e455
 def _input_transform(data: ImageData, recipe: Recipe):
