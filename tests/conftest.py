@@ -17,3 +17,10 @@ def one_thread():
         with threadpool_limits(1): yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def images():
+    "A few real Fashion-MNIST images (uint8, 1×28×28): their content is not symmetric, so a wrong label shows."
+    from sslcourse.data import get_data
+    return get_data().train.images[:16]
