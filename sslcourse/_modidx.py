@@ -639,6 +639,7 @@ d = { 'settings': { 'branch': 'main',
             'sslcourse.viz': { 'sslcourse.viz.first_conv': ('viz.html#first_conv', 'sslcourse/viz.py'),
                                'sslcourse.viz.plot_embedding': ('viz.html#plot_embedding', 'sslcourse/viz.py'),
                                'sslcourse.viz.plot_training': ('viz.html#plot_training', 'sslcourse/viz.py'),
+                               'sslcourse.viz.save_figure': ('viz.html#save_figure', 'sslcourse/viz.py'),
                                'sslcourse.viz.show_filters': ('viz.html#show_filters', 'sslcourse/viz.py')},
             'sslcourse.widgets': { 'sslcourse.widgets.render_views': ('widgets.html#render_views', 'sslcourse/widgets.py'),
                                    'sslcourse.widgets.view_explorer': ('widgets.html#view_explorer', 'sslcourse/widgets.py')}}}

@@ -100,7 +100,7 @@ def _write_json(path, record):
 def pretrain(args) -> dict:
     from sslcourse.learner import fit_ssl
     from sslcourse.evaluate import compare_with_baselines, format_results, embed, finetune
-    from sslcourse.viz import plot_training, plot_embedding
+    from sslcourse.viz import plot_training, plot_embedding, save_figure
     device = _check_options(args)
     out = Path(args.out or f'runs/{args.method}-{args.data}-{args.arch.replace(":", "_")}')
     checkpoint = out / 'checkpoint.pth'
@@ -118,10 +118,10 @@ def pretrain(args) -> dict:
     if args.label_fraction:
         extra['finetune_acc'] = finetune(encoder, data, fraction=args.label_fraction, device=device, size=size)
         print(f'fine-tuned on {args.label_fraction:.0%} of the labels: {extra["finetune_acc"]:.1%}')
-    plot_training(learn, f'{args.method} on {args.data}').savefig(out / 'loss.png', dpi=120)
+    save_figure(plot_training(learn, f'{args.method} on {args.data}'), out / 'loss.png')
     features = embed(encoder, data.test.images, data, device=device, size=size)
-    plot_embedding(features, data.test.labels, data.classes,
-                   f'{args.method} features of the {args.data} test split (t-SNE)').savefig(out / 'embedding.png', dpi=120)
+    save_figure(plot_embedding(features, data.test.labels, data.classes,
+                   f'{args.method} features of the {args.data} test split (t-SNE)'), out / 'embedding.png')
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=round(results['ssl']['knn'], 4),
                      linear_acc=round(results['ssl']['linear'], 4),
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},

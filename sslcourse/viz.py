@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['plot_training', 'plot_embedding', 'first_conv', 'show_filters']
+__all__ = ['plot_training', 'save_figure', 'plot_embedding', 'first_conv', 'show_filters']
 
 # %% ../nbs/06_viz.ipynb #1f552271
 def plot_training(learn, title: str = 'training') -> matplotlib.figure.Figure:
@@ -36,6 +36,14 @@ def plot_training(learn, title: str = 'training') -> matplotlib.figure.Figure:
     ax.legend(handles, [h.get_label() for h in handles], loc='center right', fontsize=8)
     ax.set_title(title); fig.tight_layout()
     return fig
+
+# %% ../nbs/06_viz.ipynb #1a031ad1
+def save_figure(fig: matplotlib.figure.Figure, path, dpi: int = 120):
+    "Write `fig` to `path` and close it: a script that makes many figures must not keep them all in memory."
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
+    return path
 
 # %% ../nbs/06_viz.ipynb #437f4a46
 def plot_embedding(features: torch.Tensor, labels: torch.Tensor, classes: list, title: str = 'embedding (t-SNE)',
