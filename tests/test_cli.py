@@ -4,15 +4,13 @@ Most cases call `sslcourse.cli.main(argv)` in-process (an interpreter start cost
 two run the installed console script in a subprocess. `python -m sslcourse.cli` is not tested: the module has no
 `if __name__ == '__main__'` guard and there is no `sslcourse/__main__.py`, so it would run nothing.
 """
-import contextlib
 import gzip
 import json
 import shutil
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
-import torch
 
 import sslcourse.cli as cli
 import sslcourse.data as data_module
@@ -87,8 +85,8 @@ def test_no_command_names_the_help_command_once(capsys):
 def test_missing_data_directory_says_where_it_looked(tmp_path, capsys):
     empty = tmp_path / 'empty'
     empty.mkdir()
-    line = assert_usage_error(['pretrain', 'simclr', '--data', 'cifar10', '--data-dir', empty,
-                               '--out', tmp_path / 'run'], capsys, str(empty), 'cifar10')
+    assert_usage_error(['pretrain', 'simclr', '--data', 'cifar10', '--data-dir', empty,
+                       '--out', tmp_path / 'run'], capsys, str(empty), 'cifar10')
     assert not (tmp_path / 'run').exists(), 'a failed start must not create the run folder'
 
 
@@ -134,6 +132,12 @@ def test_console_script_list():
     assert result.stderr == '', result.stderr  # no import-time warnings either
     assert 'simclr' in result.stdout
     for name in ALL_DATASETS: assert name in result.stdout
+
+
+def test_python_dash_m_is_the_same_command(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'sslcourse', 'pretrain', 'no_such_method', '--out', str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown method 'no_such_method'" in error_line(result.stderr)
 
 
 @needs_console
