@@ -16,14 +16,14 @@ import matplotlib
 import matplotlib.pyplot as plt
 from .core import UsageError
 from .data import ImageData
-from .models import Encoder
+from .models import Encoder, encoder_view
 from .viz import first_conv
 
 # %% auto #0
-__all__ = ['BACKGROUND', 'evaluating', 'network_input', 'block_outputs', 'encoder_view', 'filter_grid', 'show_first_layers',
-           'linear_cka', 'block_similarity', 'show_feature_maps', 'receptive_box', 'strongest_responses',
-           'top_activations', 'top_patches', 'mosaic', 'strongest_channels', 'show_top_patches', 'top_class_purity',
-           'chance_purity', 'class_activation_maps', 'show_class_activation_maps']
+__all__ = ['BACKGROUND', 'evaluating', 'network_input', 'block_outputs', 'filter_grid', 'show_first_layers', 'linear_cka',
+           'block_similarity', 'show_feature_maps', 'receptive_box', 'strongest_responses', 'top_activations',
+           'top_patches', 'mosaic', 'strongest_channels', 'show_top_patches', 'top_class_purity', 'chance_purity',
+           'class_activation_maps', 'show_class_activation_maps']
 
 # %% ../nbs/13_what_transfers.ipynb #f57b3d9c
 @contextmanager
@@ -38,11 +38,12 @@ def evaluating(module: nn.Module):
 def _blocks(encoder: nn.Module) -> list[nn.Module]:
     "The encoder's blocks, checked to be modules that run one after another."
     blocks = getattr(encoder, 'blocks', None)
-    runnable = blocks is not None and all(isinstance(block, nn.Module) and type(block).forward is not nn.Module.forward
-                                          for block in blocks)
+    # a TimmEncoder knows whether its blocks chain (transformers: no)
+    runnable = blocks is not None and getattr(encoder, 'sequential', True) and all(
+        isinstance(block, nn.Module) and type(block).forward is not nn.Module.forward for block in blocks)
     if not runnable:
         raise UsageError(f'{type(encoder).__name__} has no .blocks that run in order; pass an sslcourse.models.Encoder, '
-                         'or wrap a timm model with encoder_view')
+                         'or a convolutional timm model (create_encoder("timm:NAME") or models.encoder_view)')
     return list(blocks)
 
 
@@ -66,17 +67,6 @@ def block_outputs(encoder: nn.Module, x: torch.Tensor, last: int | None = None) 
         for block in blocks:
             x = block(x); outputs.append(x)
     return outputs
-
-# %% ../nbs/13_what_transfers.ipynb #d3eb64b0
-def encoder_view(model: nn.Module, stops=('global_pool', 'head', 'classifier', 'fc')) -> Encoder:
-    "An `Encoder` sharing `model`'s weights: its children before the first of `stops`, with stage stacks split."
-    blocks = []
-    for name, child in model.named_children():
-        if name in stops: break
-        stacked = name in ('blocks', 'stages', 'layers') and isinstance(child, nn.Sequential)
-        blocks += list(child) if stacked else [child]
-    num_features = getattr(model, 'num_features', None) or first_conv(model).out_channels
-    return Encoder(blocks, num_features)
 
 # %% ../nbs/13_what_transfers.ipynb #d52ff509
 BACKGROUND = '#d0e4ff'  # between tiles and where a patch was cut off by the image edge

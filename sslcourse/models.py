@@ -12,8 +12,8 @@ import torchvision
 from .core import Registry, UsageError
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'conv_block', 'Encoder', 'convnet', 'resnet', 'TimmEncoder', 'create_encoder', 'list_architectures',
-           'input_size', 'mlp', 'layer_groups', 'splitter']
+__all__ = ['HEAD_NAMES', 'ARCHITECTURES', 'conv_block', 'Encoder', 'convnet', 'resnet', 'encoder_view', 'TimmEncoder',
+           'create_encoder', 'list_architectures', 'input_size', 'mlp', 'layer_groups', 'splitter']
 
 # %% ../nbs/03_models.ipynb #0829334d
 def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
@@ -55,8 +55,26 @@ def resnet(depth: int = 18, in_channels: int = 3, cifar_stem: bool = True) -> En
     return Encoder([stem, net.layer1, net.layer2, net.layer3, net.layer4], net.fc.in_features)
 
 # %% ../nbs/03_models.ipynb #3b9c0417
+HEAD_NAMES = ('global_pool', 'head', 'classifier', 'fc')  # timm's names for what comes after the feature map
+
+
+def encoder_view(model: nn.Module, stops=HEAD_NAMES) -> Encoder:
+    "An `Encoder` sharing `model`'s weights: its children before the first of `stops`, with stage stacks split."
+    blocks = []
+    for name, child in model.named_children():
+        if name in stops: break
+        stacked = name in ('blocks', 'stages', 'layers') and isinstance(child, nn.Sequential)
+        blocks += list(child) if stacked else [child]
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    num_features = getattr(model, 'num_features', None) or convolutions[-1].out_channels
+    return Encoder(blocks, num_features)
+
+
 class TimmEncoder(nn.Module):
-    "A timm model as an `Encoder`: its stem and stages as `blocks`, pooled features from `forward`."
+    """A timm model as an encoder: pooled features from `forward`, its stem and stages as `blocks`.
+    `sequential` says whether running the blocks in order gives timm's feature map: true for CNNs, false for
+    vision transformers (position embeddings and class tokens live outside the children), whose blocks are then
+    only for freezing."""
     def __init__(self, name: str, in_channels: int = 3, pretrained: bool = False):
         super().__init__()
         import timm
@@ -65,7 +83,20 @@ class TimmEncoder(nn.Module):
             raise UsageError(f"timm could not create '{name}' ({str(error).splitlines()[0]}); "
                              "see timm.list_models() for names") from None
         self.num_features = self.model.num_features
-        self.blocks = nn.ModuleList([m for m in self.model.children() if any(True for _ in m.parameters())])
+        self.blocks = encoder_view(self.model).blocks
+        self.sequential = self._blocks_reproduce_features(in_channels)
+
+    @torch.no_grad()
+    def _blocks_reproduce_features(self, in_channels: int, size: int = 64) -> bool:
+        x = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+        was_training = self.training; self.eval()
+        try:
+            chained = x
+            for block in self.blocks: chained = block(chained)
+            expected = self.model.forward_features(x)
+            return chained.shape == expected.shape and torch.allclose(chained, expected, atol=1e-4)
+        except Exception: return False  # e.g. a transformer that only takes its own image size
+        finally: self.train(was_training)
 
     def feature_map(self, x): return self.model.forward_features(x)
     def forward(self, x): return self.model(x)
@@ -110,4 +141,5 @@ def layer_groups(encoder: nn.Module, head: nn.Module | None = None) -> list[nn.M
 
 def splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     "fastai splitter for a model with `.encoder` and `.head`: one parameter group per block, the head last."
-    return [list(group.parameters()) for group in layer_groups(model.encoder, model.head)]
+    groups = [list(group.parameters()) for group in layer_groups(model.encoder, model.head)]
+    return [group for group in groups if group]  # parameter-free blocks (activations, pooling) have nothing to train
