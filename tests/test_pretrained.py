@@ -10,13 +10,7 @@ from sslcourse import pretrained
 from sslcourse.core import UsageError
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "The suite runs on 2 shared cores; one thread avoids oversubscription."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +19,7 @@ def state_dict():
 
 
 @pytest.fixture(scope='module')
-def model(one_thread):
+def model():
     return pretrained.create_pretrained()
 
 

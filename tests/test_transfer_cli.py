@@ -53,16 +53,6 @@ def test_halves_cover_the_classes_once(split):
     assert layer_transfer.class_halves(FASHION_MNIST_CLASSES, split) == (a, b)  # the same split every time
 
 
-@pytest.fixture
-def one_thread():
-    "74 one-step trainings of a tiny net: a second thread buys nothing, and on a busy machine it costs 20× in waiting."
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_run_writes_every_arm_and_n(tmp_path, monkeypatch, capsys, one_thread):
     small = get_data('fashion_mnist_small', limit=10)  # 10 images per class in train and test: a few seconds
     asked = []
