@@ -1,4 +1,4 @@
-"""Random resized crops through per-image affine matrices, colour jitter, grayscale, blur and solarize as batched tensor ops, and the multi-view recipes of SimCLR, BYOL and multi-crop.
+"""Random resized crops through per-image affine matrices (antialiased when they shrink), colour jitter, grayscale, blur and solarize as batched tensor ops, and the multi-view recipes of SimCLR, BYOL, SwAV and DINO.
 
 Docs: https://sslcourse.github.io/sslcourse/augment.html.md"""
 
@@ -10,10 +10,12 @@ import math
 from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
+from .core import UsageError
 
 # %% auto #0
 __all__ = ['crop_matrices', 'apply_affine', 'grey', 'color_jitter', 'random_grayscale', 'gaussian_blur', 'solarize',
-           'ViewPipeline', 'simclr_views', 'byol_views', 'multi_crop_views', 'make_views', 'show_views']
+           'ViewPipeline', 'simclr_views', 'byol_views', 'local_crop_size', 'swav_views', 'dino_views', 'make_views',
+           'show_views']
 
 # %% ../nbs/02_augment.ipynb #b497688d
 def _uniform(n, low, high, device, generator):
@@ -22,10 +24,20 @@ def _uniform(n, low, high, device, generator):
 
 def crop_matrices(n: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip: float = 0.5,
                   device='cpu', generator: torch.Generator | None = None) -> torch.Tensor:
-    "Per-image affine matrices (n, 2, 3) for random resized crops with horizontal flips."
+    "Per-image affine matrices (n, 2, 3) for random resized crops with horizontal flips; every crop's area lies in `scale`."
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise UsageError(f'crop scale must satisfy 0 < low <= high <= 1, got {scale}; for example (0.2, 1.0)')
     area = _uniform(n, scale[0], scale[1], device, generator)
-    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), device, generator))
-    width = torch.sqrt(area * aspect).clamp(max=1); height = torch.sqrt(area / aspect).clamp(max=1)
+    # A crop of area a and aspect r has width sqrt(a r) and height sqrt(a / r); both fit in the image only when
+    # log a <= log r <= -log a. Drawing log r inside that range (intersected with `ratio`) keeps the area exact,
+    # where clamping the sides afterwards would shrink big crops below scale[0].
+    log_area = area.log()
+    low = torch.maximum(log_area, torch.full_like(area, math.log(ratio[0])))
+    high = torch.minimum(-log_area, torch.full_like(area, math.log(ratio[1])))
+    high = torch.maximum(high, low)  # no feasible ratio: take the bound nearest to `ratio` ...
+    log_aspect = (low + torch.rand(n, device=device, generator=generator) * (high - low))
+    aspect = torch.exp(log_aspect.clamp(log_area, -log_area))  # ... and keep the crop inside the image
+    width = torch.sqrt(area * aspect).clamp(max=1); height = torch.sqrt(area / aspect).clamp(max=1)  # rounding only
     # the centre may move as far as keeps the crop inside the image
     cx = _uniform(n, -1, 1, device, generator) * (1 - width)
     cy = _uniform(n, -1, 1, device, generator) * (1 - height)
@@ -35,10 +47,22 @@ def crop_matrices(n: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip: float = 
     return theta
 
 
-def apply_affine(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+def apply_affine(x: torch.Tensor, theta: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
     "Resample float images `x` (N, C, H, W) through per-image matrices `theta` to (N, C, size, size)."
     grid = F.affine_grid(theta, (len(x), x.shape[1], size, size), align_corners=False)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    out = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    height, width = x.shape[-2:]
+    if not antialias or size >= max(height, width): return out  # no crop can shrink: skip the extra work
+    # Bilinear sampling reads 2x2 source pixels per output pixel, so a crop shrunk k times skips most of its
+    # pixels and fine detail aliases into false patterns. Resample every crop at the source resolution first
+    # (nothing is skipped), then shrink with a triangle prefilter one output pixel wide: the right filter for
+    # any shrink factor, and one batched call.
+    grid = F.affine_grid(theta, (len(x), x.shape[1], height, width), align_corners=False)
+    full = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    filtered = F.interpolate(full, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+    # only crops that cover more source pixels than output pixels are shrunk; enlarged crops stay as they were
+    shrunk = (theta[:, 0, 0].abs() * width > size) | (theta[:, 1, 1].abs() * height > size)
+    return torch.where(shrunk.view(-1, 1, 1, 1), filtered, out)
 
 # %% ../nbs/02_augment.ipynb #03e6e59e
 _GREY = (0.299, 0.587, 0.114)
@@ -124,10 +148,12 @@ class ViewPipeline:
     grayscale: float = 0.2
     blur: float = 0.0
     solarize: float = 0.0
+    antialias: bool = True         # prefilter crops that are shrunk (see `apply_affine`)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images
-        x = apply_affine(x, crop_matrices(len(x), self.scale, self.ratio, self.flip, x.device, generator), self.size)
+        theta = crop_matrices(len(x), self.scale, self.ratio, self.flip, x.device, generator)
+        x = apply_affine(x, theta, self.size, self.antialias)
         if self.jitter: x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue, self.jitter, generator)
         if self.grayscale: x = random_grayscale(x, self.grayscale, generator)
         if self.blur: x = gaussian_blur(x, p=self.blur, generator=generator)
@@ -139,23 +165,50 @@ class ViewPipeline:
 # %% ../nbs/02_augment.ipynb #1d236788
 def simclr_views(size, mean, std, **overrides) -> list[ViewPipeline]:
     "Two identical SimCLR pipelines (Chen et al. 2020, appendix A)."
-    view = ViewPipeline(size, mean, std, blur=0.5 if size >= 64 else 0.0, **overrides)
+    view = ViewPipeline(size, mean, std, **{'blur': 0.5 if size >= 64 else 0.0, **overrides})
     return [view, view]
 
 
 def byol_views(size, mean, std, **overrides) -> list[ViewPipeline]:
     "BYOL's asymmetric pair (Grill et al. 2020, table 6): blur 1.0/0.1 and solarize 0/0.2."
-    first = ViewPipeline(size, mean, std, blur=1.0 if size >= 64 else 0.0, solarize=0.0, **overrides)
+    first = ViewPipeline(size, mean, std, **{'blur': 1.0 if size >= 64 else 0.0, 'solarize': 0.0, **overrides})
     second = replace(first, blur=0.1 if size >= 64 else 0.0, solarize=0.2)
     return [first, second]
 
 
-def multi_crop_views(size, mean, std, local_size=None, local_views=4, **overrides) -> list[ViewPipeline]:
-    "Two global crops (scale 0.4–1) and `local_views` small crops (scale 0.05–0.4) at `local_size` (Caron et al. 2020)."
-    local_size = local_size or max(8, size * 3 // 7)
-    global_view = ViewPipeline(size, mean, std, scale=(0.4, 1.0), **overrides)
-    local_view = replace(global_view, size=local_size, scale=(0.05, 0.4))
+def local_crop_size(size: int) -> int:
+    "Side of the small crops of multi-crop: 3/7 of `size`, as 96 px is of 224 px in SwAV and DINO, and at least 8 px."
+    # 28 -> 12, 32 -> 13, 96 -> 41; below 8 px a CIFAR-style ResNet's feature map is smaller than its last stage.
+    return max(8, size * 3 // 7)
+
+
+def swav_views(size, mean, std, local_size=None, local_views=6, global_scale=(0.14, 1.0),
+               local_scale=(0.05, 0.14), **overrides) -> list[ViewPipeline]:
+    """SwAV's multi-crop (Caron et al. 2020, "Unsupervised learning of visual features by contrasting cluster
+    assignments", section 3.2 and appendix A): 2 global crops at scale 0.14-1 and 6 local crops at scale 0.05-0.14,
+    the paper's 2x224 + 6x96 px scaled to `size` (local side `local_crop_size(size)`). SwAV blurs every crop with
+    probability 0.5; like `simclr_views` we skip blur below 64 px. Colour jitter keeps the kit's defaults (SimCLR
+    strength 0.5); the paper uses strength 1: pass brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2."""
+    global_view = ViewPipeline(size, mean, std, **{'scale': global_scale, 'blur': 0.5 if size >= 64 else 0.0,
+                                                   **overrides})
+    local_view = replace(global_view, size=local_size or local_crop_size(size), scale=local_scale)
     return [global_view, global_view] + [local_view] * local_views
+
+
+def dino_views(size, mean, std, local_size=None, local_views=8, global_scale=(0.4, 1.0),
+               local_scale=(0.05, 0.4), **overrides) -> list[ViewPipeline]:
+    """DINO's multi-crop (Caron et al. 2021, "Emerging properties in self-supervised vision transformers", section 3.1
+    and the defaults of its main_dino.py): 2 global crops at scale 0.4-1 and 8 local crops at scale 0.05-0.4.
+    Colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1) with probability 0.8 and grayscale 0.2 on
+    every view. The global pair is asymmetric like BYOL's: blur 1.0 / 0.1, solarize 0 / 0.2; local crops blur with
+    probability 0.5. Blur is skipped below 64 px, as in `byol_views`."""
+    blur = size >= 64
+    first = ViewPipeline(size, mean, std, **{'scale': global_scale, 'saturation': 0.2, 'blur': 1.0 if blur else 0.0,
+                                             'solarize': 0.0, **overrides})
+    second = replace(first, blur=0.1 if blur else 0.0, solarize=0.2)
+    local_view = replace(first, size=local_size or local_crop_size(size), scale=local_scale,
+                         blur=0.5 if blur else 0.0)
+    return [first, second] + [local_view] * local_views
 
 
 def make_views(images: torch.Tensor, pipelines: list, generator: torch.Generator | None = None) -> list[torch.Tensor]:

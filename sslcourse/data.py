@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip, os, pickle, struct, zlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,10 +20,10 @@ from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_CLASSES', 'EMBEDDED_DIR', 'DEBIAN_FASHION_MNIST', 'DATASETS', 'HOW_TO_GET', 'CIFAR_PIXELS',
-           'STL10_CLASSES', 'STL10_IMAGE_BYTES', 'IMAGENETTE_FOLDER', 'IMAGENETTE_NAMES', 'IMAGE_SUFFIXES', 'Split',
-           'channel_stats', 'ImageData', 'read_idx', 'data_root', 'load_fashion_mnist_dir', 'load_cifar', 'load_stl10',
-           'load_imagenette', 'balanced_subset', 'get_data', 'list_datasets', 'label_subset', 'GPUBatches',
-           'dataloaders']
+           'STL10_CLASSES', 'STL10_IMAGE_BYTES', 'IMAGENETTE_FOLDER', 'IMAGENETTE_NAMES', 'IMAGE_SUFFIXES',
+           'TRAIN_SPLITS', 'Split', 'channel_stats', 'ImageData', 'read_idx', 'data_root', 'load_fashion_mnist_dir',
+           'load_cifar', 'load_stl10', 'load_imagenette', 'balanced_subset', 'get_data', 'list_datasets',
+           'label_subset', 'GPUBatches', 'training_split', 'dataloaders']
 
 # %% ../nbs/01_data.ipynb #38808361
 @dataclass
@@ -75,6 +75,20 @@ class ImageData:
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
 
+    def with_validation(self, fraction: float = 0.1, seed: int = 0) -> ImageData:
+        """A copy whose `test` split is a seeded, class-stratified `fraction` of the training images and whose
+        `train` keeps the rest. Studies and monitors tune on it, so the real test split stays for final tables.
+        `unlabeled`, the classes and the normalisation statistics (of the full training split) are kept."""
+        if not 0 < fraction < 1:
+            raise UsageError(f'validation fraction must be between 0 and 1, got {fraction}; for example 0.1')
+        # at least one image of each class is held out, and at least one stays for training
+        counts = {cls: min(count - 1, max(1, round(fraction * count)))
+                  for cls, count in _class_counts(self.train.labels).items()}
+        held = balanced_subset(self.train.labels, counts, seed)
+        kept = torch.ones(len(self.train), dtype=torch.bool)
+        kept[held] = False
+        return replace(self, train=self.train[kept.nonzero().flatten()], test=self.train[held])
+
     def __repr__(self):
         extra = f', unlabeled={len(self.unlabeled)}' if self.unlabeled is not None else ''
         return (f'ImageData({self.name!r}: train={len(self.train)}, test={len(self.test)}{extra}, '
@@ -84,18 +98,23 @@ class ImageData:
 def read_idx(path: Path) -> np.ndarray:
     "Read a (gzipped) IDX file of unsigned bytes; corrupt or truncated files raise `UsageError`."
     path = Path(path)
+    fix = 'delete it and fetch it again'
     try:
-        raw = gzip.open(path).read() if path.suffix == '.gz' else path.read_bytes()
+        if path.suffix == '.gz':
+            with gzip.open(path) as file: raw = file.read()  # `with`: closed even when the read fails
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
-        raise UsageError(f'corrupt data file {path} ({error}); delete it and fetch it again') from None
+        raise UsageError(f'corrupt data file {path} ({error}); {fix}') from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UsageError(f'corrupt data file {path}: not an IDX file of unsigned bytes; delete it and fetch it again')
-    ndim = raw[3]
-    shape = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
-    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+        raise UsageError(f'corrupt data file {path}: not an IDX file of unsigned bytes; {fix}')
+    ndim, header = raw[3], 4 + 4 * raw[3]
+    if len(raw) < header:  # the magic promised `ndim` sizes that the file cuts off
+        raise UsageError(f'corrupt data file {path}: header of {ndim} dimensions cut off after {len(raw)} bytes; {fix}')
+    shape = struct.unpack(f'>{ndim}I', raw[4:header])
+    body = np.frombuffer(raw, np.uint8, offset=header)
     if body.size != int(np.prod(shape)):
-        raise UsageError(f'corrupt data file {path}: expected {int(np.prod(shape))} values, found {body.size}; '
-                         'delete it and fetch it again')
+        raise UsageError(f'corrupt data file {path}: expected {int(np.prod(shape))} values, found {body.size}; {fix}')
     return body.reshape(shape)
 
 # %% ../nbs/01_data.ipynb #8bd43789
@@ -511,18 +530,27 @@ def _imagenette(root=None, download=False, size=64):
     return ImageData('imagenette', train, test, classes)
 
 # %% ../nbs/01_data.ipynb #052652b4
-def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
-    "Indices of `per_class` seeded random examples of each class, sorted."
+def balanced_subset(labels: torch.Tensor, per_class, seed: int = 0) -> torch.Tensor:
+    """Indices of seeded random examples of each class, sorted: `per_class` of every class, or a dict
+    {class: count} for counts that differ by class (label fractions, held-out splits). Labels below 0 are skipped."""
     generator = torch.Generator().manual_seed(seed)
     labels = labels.cpu(); chosen = []
     for cls in labels.unique():
         if cls < 0: continue
+        count = per_class.get(int(cls), 0) if isinstance(per_class, dict) else per_class
         members = (labels == cls).nonzero().flatten()
-        if per_class > len(members):
-            raise UsageError(f'asked for {per_class} labels per class but class {int(cls)} has only {len(members)}; '
+        if count > len(members):
+            raise UsageError(f'asked for {count} labels per class but class {int(cls)} has only {len(members)}; '
                              f'use at most {len(members)}')
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    return torch.cat(chosen).sort().values
+        # one draw per class even when the count is 0, so a class's pick does not depend on the others' counts
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.int64)
+
+
+def _class_counts(labels: torch.Tensor) -> dict[int, int]:
+    "How many examples each class has, as {class: count}; labels below 0 (unlabeled) are left out."
+    classes, counts = labels[labels >= 0].cpu().unique(return_counts=True)
+    return dict(zip(classes.tolist(), counts.tolist()))
 
 
 def get_data(name: str = 'fashion_mnist_small', root=None, download: bool = False,
@@ -541,41 +569,110 @@ def list_datasets() -> list[str]: return DATASETS.names()
 # %% ../nbs/01_data.ipynb #2516a4b9
 def label_subset(labels: torch.Tensor, fraction: float | None = None, per_class: int | None = None,
                  seed: int = 0) -> torch.Tensor:
-    "Seeded indices of a labelled subset: a `fraction` of each class, or `per_class` examples of each."
+    "Seeded indices of a labelled subset: `fraction` of each class (rounded, at least 1), or `per_class` of each."
     if (fraction is None) == (per_class is None):
         raise UsageError('give exactly one of a label fraction or a number of labels per class')
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise UsageError(f'label fraction must be in (0, 1], got {fraction}; for example 0.01 or 0.1')
-        smallest = int(torch.bincount(labels[labels >= 0].cpu()).min())
-        per_class = max(1, round(fraction * smallest))
+        # each class keeps its own share, so an imbalanced dataset stays as imbalanced as it was
+        counts = {cls: max(1, round(fraction * count)) for cls, count in _class_counts(labels).items()}
+        return balanced_subset(labels, counts, seed)
     if per_class < 1: raise UsageError(f'labels per class must be at least 1, got {per_class}')
     return balanced_subset(labels, per_class, seed)
 
 # %% ../nbs/01_data.ipynb #c0c2ad1f
 class GPUBatches:
-    "Shuffled (images, labels) batches sliced from a `Split` that lives on `device`."
-    def __init__(self, split: Split, bs: int, device=None, shuffle: bool = True, drop_last: bool = True):
+    """Batches sliced from a `Split` that lives on `device`: (images, labels), or (images, labels, indices).
+
+    Every epoch has one order of dataset positions, the same in every process: a `randperm` from a generator
+    seeded with `seed * 1_000_003 + epoch` (never the global RNG), `arange` when not shuffled, or what `sampler`
+    returns. Each step takes a global batch of `bs * world_size` positions and rank `r` keeps positions
+    `[r * bs, (r + 1) * bs)` of it, so the processes see disjoint images and together exactly what one process with
+    batch `bs * world_size` sees. The learner calls `set_epoch(epoch)` before each epoch; a full pass without it
+    moves on to the next epoch's order by itself.
+
+    `sampler(count, generator)` gets the split's size and the epoch's generator (on the split's device) and returns
+    int64 positions of any length, repeats allowed. It is called at the first `len()` or iteration after
+    `set_epoch`, so state it reads (pseudo-labels) must be ready by then; the result is kept for the epoch.
+    With `indices=True` batches are (images, labels, positions in the split).
+    """
+    n_inp = 1  # fastai: the images are the input; labels (and indices) are targets
+
+    def __init__(self, split: Split, bs: int, device=None, shuffle: bool = True, drop_last: bool = True,
+                 indices: bool = False, sampler=None, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if bs < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise UsageError(f'need bs >= 1 and 0 <= rank < world_size, got bs={bs}, rank={rank}, '
+                             f'world_size={world_size}')
+        if world_size > 1 and not drop_last:  # a short last batch would leave some ranks with nothing to step on
+            raise UsageError('batches sharded over several processes need drop_last=True')
         self.split, self.bs, self.shuffle, self.drop_last = split.to(get_device(device)), bs, shuffle, drop_last
+        self.indices, self.sampler, self.seed, self.rank, self.world_size = indices, sampler, seed, rank, world_size
         self.device = self.split.images.device
-        if drop_last and len(self.split) < bs:
-            raise UsageError(f'batch size {bs} is larger than the {len(self.split)} images; use --bs {len(self.split)} or less')
+        self.epoch, self._order = 0, None
+        if drop_last and sampler is None and len(self.split) < self.global_bs:
+            most, processes = len(self.split) // world_size, f' x {world_size} processes' if world_size > 1 else ''
+            raise UsageError(f'batch size {bs}{processes} is larger than the {len(self.split)} images; '
+                             f'use --bs {most} or less')
+
+    @property
+    def global_bs(self) -> int: return self.bs * self.world_size
+
+    def set_epoch(self, epoch: int):
+        "Use `epoch`'s order from the next `len()` or iteration on; also re-asks the sampler, whose state may have changed."
+        self.epoch, self._order = epoch, None
+
+    def order(self) -> torch.Tensor:
+        "This epoch's dataset positions (int64, on the device), computed once per `set_epoch`."
+        if self._order is None:
+            count = len(self.split)
+            generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
+            if self.sampler is not None:
+                order = self.sampler(count, generator).to(self.device, torch.int64)
+                if self.drop_last and len(order) < self.global_bs:
+                    raise UsageError(f'the sampler gave {len(order)} positions, fewer than one batch of '
+                                     f'{self.global_bs}; use a smaller --bs or a longer sampler')
+            elif self.shuffle: order = torch.randperm(count, device=self.device, generator=generator)
+            else: order = torch.arange(count, device=self.device)
+            self._order = order
+        return self._order
 
     def __len__(self):
-        return len(self.split) // self.bs if self.drop_last else -(-len(self.split) // self.bs)
+        # without a sampler the length is known without drawing the order
+        count = len(self.split) if self.sampler is None else len(self.order())
+        return count // self.global_bs if self.drop_last else -(-count // self.global_bs)
 
     def __iter__(self):
-        n = len(self.split)
-        order = torch.randperm(n, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
-        for i in range(len(self)):
-            index = order[i * self.bs:(i + 1) * self.bs]
-            yield self.split.images[index], self.split.labels[index]
+        order, start = self.order(), self.rank * self.bs
+        for step in range(len(self)):
+            index = order[step * self.global_bs + start:step * self.global_bs + start + self.bs]
+            images, labels = self.split.images[index], self.split.labels[index]
+            yield (images, labels, index) if self.indices else (images, labels)
+        self.set_epoch(self.epoch + 1)  # a plain loop reshuffles; the learner's set_epoch overrides this
+
+# %% ../nbs/01_data.ipynb #5e5c93c4
+TRAIN_SPLITS = ('train', 'unlabeled', 'train+unlabeled')
 
 
-def dataloaders(data: ImageData, bs: int = 256, device=None, split: str = 'train') -> DataLoaders:
-    "fastai `DataLoaders` over GPU-resident batches: `split` ('train' or 'unlabeled') to train on, test to validate."
-    source = data.unlabeled if split == 'unlabeled' else data.train
-    if source is None: raise UsageError(f'{data.name} has no {split} split')
-    train = GPUBatches(source, bs, device)
-    valid = GPUBatches(data.test, min(bs, len(data.test)), device, shuffle=False, drop_last=False)
-    return DataLoaders(train, valid, device=train.device)
+def training_split(data: ImageData, split: str = 'train') -> Split:
+    "The images to train on: 'train', 'unlabeled', or 'train+unlabeled' (train first, then unlabeled with label -1)."
+    if split not in TRAIN_SPLITS or (split != 'train' and data.unlabeled is None):
+        missing = '' if data.unlabeled is not None else f"; {data.name} has no unlabeled images, so only 'train' works"
+        raise UsageError(f"no training split {split!r}: use 'train', 'unlabeled' or 'train+unlabeled'{missing}")
+    if split == 'train': return data.train
+    if split == 'unlabeled': return data.unlabeled
+    return Split(torch.cat([data.train.images, data.unlabeled.images]),
+                 torch.cat([data.train.labels, data.unlabeled.labels]))
+
+
+def dataloaders(data: ImageData, bs: int = 256, device=None, split: str = 'train', indices: bool = False,
+                sampler=None, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoaders:
+    """fastai `DataLoaders` over GPU-resident batches: `split` to train on (sharded by `rank` and `world_size`, see
+    `GPUBatches`), the test split, whole and in order, to validate. `n_inp = 1`: the images are the model's input,
+    and the labels (and, with `indices`, the dataset positions) go to the loss."""
+    train = GPUBatches(training_split(data, split), bs, device, indices=indices, sampler=sampler, seed=seed,
+                       rank=rank, world_size=world_size)
+    valid = GPUBatches(data.test, max(1, min(bs, len(data.test))), device, shuffle=False, drop_last=False)
+    dls = DataLoaders(train, valid, device=train.device)
+    dls.n_inp = 1  # fastai's Learner._split reads it: xb = (images,), yb = (labels,) or (labels, indices)
+    return dls
