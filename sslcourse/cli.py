@@ -9,17 +9,38 @@ from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
 import torch
-from .core import UsageError, seed_everything, get_device
+from .core import UsageError, seed_everything, get_device, write_json
 from .data import get_data, list_datasets, label_subset
+from .distributed import is_main, world_size, finish_distributed
 from .models import list_architectures, create_encoder, ARCHITECTURES
 import sslcourse.transfer  # noqa: F401 (registers the photo_textures dataset)
 
 # %% auto #0
-__all__ = ['build_parser', 'pretrain', 'bench', 'list_all', 'main', 'console']
+__all__ = ['USAGE_ERROR', 'DIVERGED', 'INTERRUPTED', 'EXIT_STATUSES', 'EPILOG', 'INTERRUPTED_MESSAGES', 'build_parser',
+           'pretrain', 'bench', 'list_all', 'main', 'console']
 
 # %% ../nbs/08_cli.ipynb #ed6646be
 class _Parser(argparse.ArgumentParser):
     def error(self, message): raise UsageError(f'{message} (see `{self.prog} --help`)')
+
+
+# 1 is what Python itself exits with on an uncaught exception: a bug, not a user's mistake
+USAGE_ERROR, DIVERGED, INTERRUPTED = 2, 3, 130
+EXIT_STATUSES = {0: 'success',
+                 1: 'an unexpected error (a bug): a traceback to report',
+                 USAGE_ERROR: 'bad input (an unknown name, missing data, an impossible option): one line',
+                 DIVERGED: 'training diverged (the loss became NaN or infinite): one line; pretrain keeps '
+                           'the last good checkpoint',
+                 INTERRUPTED: 'interrupted by Ctrl-C: one line; only pretrain can continue, with --resume'}
+EPILOG = 'exit status:\n' + '\n'.join(f'  {status:<4} {meaning}' for status, meaning in EXIT_STATUSES.items())
+
+# what Ctrl-C leaves behind differs by command: only pretrain checkpoints, so only pretrain can --resume
+INTERRUPTED_MESSAGES = {
+    'list': 'interrupted',
+    'pretrain': 'interrupted; pretrain checkpoints every epoch: run the same command with --resume to continue',
+    'bench': 'interrupted; nothing was measured or written: run the same command again to benchmark from the start',
+    'finetune': 'interrupted; nothing was written: run the same command again to fine-tune from the start',
+    'transfer': 'interrupted; nothing was written: run the same command again (fewer --seeds make it shorter)'}
 
 
 def _training_arguments(parser):
@@ -29,34 +50,43 @@ def _training_arguments(parser):
     parser.add_argument('--download', action='store_true', help='download the dataset if it is missing (online only)')
     parser.add_argument('--arch', default='convnet', help='encoder: convnet, resnet18/34/50 or timm:<name>')
     parser.add_argument('--epochs', type=int, default=8)
-    parser.add_argument('--bs', type=int, default=256, help='images per batch (each gives several views)')
+    parser.add_argument('--bs', type=int, default=256,
+                        help='images per global batch, split over the processes of a torchrun launch (each gives several views)')
     parser.add_argument('--lr', type=float, default=None, help="peak learning rate (default: the method's)")
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--compile', nargs='?', const='default', default=None,
                         help='torch.compile the model and loss; optional mode, e.g. reduce-overhead (CUDA graphs)')
     parser.add_argument('--json', default=None, help='write the results to this JSON file')
+    parser.add_argument('--sync-batchnorm', action='store_true',
+                        help='with several processes, batch norm sees the whole global batch')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog='sslcourse', description='Self-supervised learning course and experiment kit.')
-    commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
-    commands.add_parser('list', help='list the registered methods, datasets and architectures')
-    pretrain = commands.add_parser('pretrain', help='pretrain a method, then evaluate it beside two baselines')
-    _training_arguments(pretrain)
-    pretrain.add_argument('--out', default=None, help='folder for the checkpoint and figures (default: runs/METHOD-DATA-ARCH)')
-    pretrain.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
-    pretrain.add_argument('--label-fraction', type=float, default=None,
-                          help='also fine-tune on this fraction of the labels, e.g. 0.01 or 0.1')
-    bench = commands.add_parser('bench', help='measure training throughput, without evaluation')
-    _training_arguments(bench)
-    bench.set_defaults(epochs=2)
-    bench.add_argument('--peak-tflops', type=float, default=None, help="the device's peak TFLOP/s, to report MFU")
     # Part 1's experiments bring their own flags, defined beside the code they run
-    from sslcourse.transfer import add_finetune_arguments
-    from sslcourse.layer_transfer import add_transfer_arguments
-    add_finetune_arguments(commands.add_parser('finetune', help='fine-tune an ImageNet-pretrained network (Part 1)'))
-    add_transfer_arguments(commands.add_parser('transfer', help='Yosinski et al. layer-transfer experiment (Part 1)'))
+    from sslcourse.transfer import add_finetune_arguments, run_finetune
+    from sslcourse.layer_transfer import add_transfer_arguments, run_transfer
+    layout = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog='sslcourse', description='Self-supervised learning course and experiment kit.', **layout)
+    commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    def command(name, run, summary):  # every command knows its function and what to say when it is interrupted
+        sub = commands.add_parser(name, help=summary, **layout)
+        sub.set_defaults(run=run, interrupted=INTERRUPTED_MESSAGES[name])
+        return sub
+    command('list', list_all, 'list the registered methods, datasets and architectures')
+    pretraining = command('pretrain', pretrain, 'pretrain a method, then evaluate it beside two baselines')
+    _training_arguments(pretraining)
+    pretraining.add_argument('--out', default=None,
+                             help='folder for the checkpoint and figures (default: runs/METHOD-DATA-ARCH)')
+    pretraining.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    pretraining.add_argument('--label-fraction', type=float, default=None,
+                             help='also fine-tune on this fraction of the labels, e.g. 0.01 or 0.1')
+    benchmark = command('bench', bench, 'measure training throughput, without evaluation')
+    _training_arguments(benchmark)
+    benchmark.set_defaults(epochs=2)
+    benchmark.add_argument('--peak-tflops', type=float, default=None, help="the device's peak TFLOP/s, to report MFU")
+    add_finetune_arguments(command('finetune', run_finetune, 'fine-tune an ImageNet-pretrained network (Part 1)'))
+    add_transfer_arguments(command('transfer', run_transfer, 'Yosinski et al. layer-transfer experiment (Part 1)'))
     return parser
 
 # %% ../nbs/08_cli.ipynb #99926d6b
@@ -81,20 +111,14 @@ def _learner(args, device, data, **options):
     from sslcourse.learner import ssl_learner
     seed_everything(args.seed)
     compile_mode = None if args.compile in (None, 'default') else args.compile
-    return ssl_learner(args.method, data, arch=args.arch, bs=args.bs, device=device,
-                       compile=(compile_mode or True) if args.compile else None,
+    return ssl_learner(args.method, data, arch=args.arch, bs=args.bs, device=device, seed=args.seed,
+                       compile=(compile_mode or True) if args.compile else None, sync_batchnorm=args.sync_batchnorm,
                        progress='bar' if sys.stdout.isatty() else 'lines', **options)
 
 
 def _record(args, device, seconds, img_per_s, **extra) -> dict:
     return dict(method=args.method, data=args.data, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
-                img_per_s=round(img_per_s, 1), device=str(device), **extra)
-
-
-def _write_json(path, record):
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(record, indent=1) + '\n')
+                img_per_s=round(img_per_s, 1), device=str(device), processes=world_size(), **extra)
 
 
 def pretrain(args) -> dict:
@@ -108,10 +132,13 @@ def pretrain(args) -> dict:
         raise UsageError(f'{checkpoint} exists; pass --resume to continue that run, or choose another --out')
     data = get_data(args.data, root=args.data_dir, download=args.download)
     learn = _learner(args, device, data, checkpoint=checkpoint)
-    print(f'pretraining {args.method} on {data} with {args.arch} on {device}, {args.epochs} epochs', flush=True)
+    processes = f' x {world_size()} processes' if world_size() > 1 else ''
+    if is_main(): print(f'pretraining {args.method} on {data} with {args.arch} on {device}{processes}, '
+                        f'{args.epochs} epochs, global batch {args.bs}', flush=True)
     fit_ssl(learn, args.epochs, args.lr, resume=checkpoint if args.resume else None)
+    if not is_main(): return {}  # rank 0 evaluates and writes; the others are done
     timing = learn.throughput.summary()
-    encoder, size = learn.model.encoder, learn.model.views[0].size
+    encoder, size = learn.method.encoder, learn.method.views[0].size
     results = compare_with_baselines(encoder, data, device, size)
     print(format_results(results), flush=True)
     extra = {}
@@ -125,8 +152,9 @@ def pretrain(args) -> dict:
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=round(results['ssl']['knn'], 4),
                      linear_acc=round(results['ssl']['linear'], 4),
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},
-                     knn_history=learn.knn_monitor.history, out=str(out), **extra)
-    _write_json(args.json, record)
+                     knn_history=learn.knn_monitor.history, train_images=len(learn.dls.train) * args.bs,
+                     out=str(out), **extra)
+    if args.json: write_json(args.json, record)
     print(f'wrote {checkpoint}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))
     return record
 
@@ -138,11 +166,13 @@ def bench(args) -> dict:
     learn = _learner(args, device, data, knn_every=None, probe=False, peak_tflops=args.peak_tflops)
     from sslcourse.learner import fit_ssl
     fit_ssl(learn, args.epochs, args.lr)
+    if not is_main(): return {}
     timing = learn.throughput.summary(skip_first=True)
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=None, linear_acc=None,
                      bs=args.bs, compile=args.compile, **({'mfu': round(timing['mfu'], 4)} if 'mfu' in timing else {}))
     if device.type == 'cuda': record.update(gpu=torch.cuda.get_device_name(device), peak_memory_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
-    print(json.dumps(record)); _write_json(args.json, record)
+    print(json.dumps(record))
+    if args.json: write_json(args.json, record)
     return record
 
 
@@ -154,22 +184,21 @@ def list_all(args):
 
 # %% ../nbs/08_cli.ipynb #e79c955b
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `sslcourse` console script."
+    "Entry point of the `sslcourse` console script; returns the exit status (see `EXIT_STATUSES`)."
     from sslcourse.learner import TrainingDiverged
+    args = None
     try:
         args = build_parser().parse_args(argv)
-        from sslcourse.transfer import run_finetune
-        from sslcourse.layer_transfer import run_transfer
-        commands = {'list': list_all, 'pretrain': pretrain, 'bench': bench, 'finetune': run_finetune,
-                    'transfer': run_transfer}
-        commands[args.command](args)
+        args.run(args)
         return 0
     except UsageError as error:
-        print(f'sslcourse: error: {error}', file=sys.stderr); return 2
+        print(f'sslcourse: error: {error}', file=sys.stderr); return USAGE_ERROR
     except TrainingDiverged as error:
-        print(f'sslcourse: {error}', file=sys.stderr); return 1
+        print(f'sslcourse: {error}', file=sys.stderr); return DIVERGED
     except KeyboardInterrupt:
-        print('sslcourse: interrupted; run the same command with --resume to continue', file=sys.stderr); return 130
+        print(f"sslcourse: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr); return INTERRUPTED
+    finally:
+        finish_distributed()  # under torchrun: leave the process group cleanly
 
 
 def console(): sys.exit(main())

@@ -6,15 +6,15 @@ Docs: https://sslcourse.github.io/sslcourse/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ec6ad154
 from __future__ import annotations
-import os, random, warnings
-import numpy as np
+import json, os, warnings
+from pathlib import Path
 import torch
 
 # fastai still calls torch.jit.script on import; the warning would break the CLI's one-line error messages.
 warnings.filterwarnings('ignore', category=FutureWarning, message=r'.*torch\.jit\.script.*')
 
 # %% auto #0
-__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'budget', 'Registry']
+__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'budget', 'Registry', 'write_json']
 
 # %% ../nbs/00_core.ipynb #39c9ef58
 class UsageError(ValueError):
@@ -22,18 +22,21 @@ class UsageError(ValueError):
 
 # %% ../nbs/00_core.ipynb #3eae175f
 def seed_everything(seed: int = 0) -> int:
-    "Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    "Seed Python, NumPy and torch (CPU and CUDA) with fastai's `set_seed`, so a run can be repeated; returns `seed`."
+    from fastai.torch_core import set_seed  # imported here: `core` stays light for modules that never train
+    set_seed(seed)
     return seed
 
 # %% ../nbs/00_core.ipynb #66e18f45
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    "`device` as a `torch.device`; `None` means CUDA when available, else CPU."
-    if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    "`device` as a `torch.device`; `None` means CUDA when available, else CPU. Under `torchrun`, CUDA means GPU `LOCAL_RANK`."
+    if device is None: device = 'cuda' if torch.cuda.is_available() else 'cpu'
     try: device = torch.device(device)
     except RuntimeError: raise UsageError(f"unknown device '{device}'; use cpu or cuda") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == 'cuda' and device.index is None:  # one process per GPU: the launcher numbers them on each machine
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return device
 
 # %% ../nbs/00_core.ipynb #96f68011
@@ -70,3 +73,17 @@ class Registry:
     def __contains__(self, name): return name in self._items
     def __len__(self): return len(self._items)
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+# %% ../nbs/00_core.ipynb #2ce39e52
+def write_json(path: str | Path, record) -> Path:
+    "Write `record` to `path` as indented JSON, atomically (a temporary file, then `os.replace`); returns the path."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=1) + '\n'  # serialise first: a record that cannot be written leaves the old file
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # same folder, so the rename cannot cross devices
+    try:
+        with open(temporary, 'w', encoding='utf-8') as file:
+            file.write(text); file.flush(); os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True); raise
+    return path

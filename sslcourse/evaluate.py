@@ -6,29 +6,45 @@ Docs: https://sslcourse.github.io/sslcourse/evaluate.html.md"""
 
 # %% ../nbs/05_evaluate.ipynb #4c470247
 from __future__ import annotations
-import copy, math
+import contextlib, copy, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastai.learner import Learner
+from fastai.data.core import DataLoaders
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import trainable_params
+from fastai.callback.core import Callback, CancelValidException
+import fastai.callback.progress, fastai.callback.schedule  # noqa: F401 (add no_bar and fit_one_cycle)
 from .core import UsageError, get_device, seed_everything, budget
 from .data import ImageData, label_subset, GPUBatches, Split
 
 # %% auto #0
-__all__ = ['embed', 'pixels', 'knn_accuracy', 'linear_probe', 'evaluate_encoder', 'reinitialised', 'compare_with_baselines',
-           'format_results', 'Classifier', 'training_epochs', 'finetune']
+__all__ = ['embed', 'pixels', 'knn_accuracy', 'accuracy', 'standardise', 'linear_probe', 'evaluate_encoder', 'reinitialised',
+           'compare_with_baselines', 'format_results', 'Classifier', 'TrainingInput', 'classifier_learner',
+           'training_epochs', 'finetune']
 
 # %% ../nbs/05_evaluate.ipynb #08f43ee2
+def _resolved(device: torch.device) -> torch.device:
+    "`cuda` as `cuda:N` (the current GPU), so that it compares equal to where parameters actually live."
+    return torch.device('cuda', torch.cuda.current_device()) if device.type == 'cuda' and device.index is None else device
+
+
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, data: ImageData, bs: int = 1024, device=None,
           size: int | None = None) -> torch.Tensor:
-    "Features (N, D) float32 of uint8 `images`, normalised with `data`'s statistics and resized to `size`."
-    device = get_device(device) if device is not None else next(encoder.parameters()).device
+    """Features (N, D) float32 of uint8 `images`, normalised with `data`'s statistics and resized to `size`.
+    The encoder runs where it is; a `device` elsewhere runs a copy moved there (the caller's encoder does not move)."""
+    home = next(encoder.parameters()).device
+    device = home if device is None else _resolved(get_device(device))
+    if device != home: encoder = copy.deepcopy(encoder).to(device)
     was_training = encoder.training; encoder.eval(); out = []
+    # bf16 on CUDA only; other devices (CPU, mps, meta) run in float32 without an autocast context at all
+    precision = torch.autocast('cuda', torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
     for start in range(0, len(images), bs):
         x = data.normalize(images[start:start + bs].to(device))
         if size and size != x.shape[-1]: x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == 'cuda'):
-            out.append(encoder(x).float())
+        with precision: out.append(encoder(x).float())
     encoder.train(was_training)
     return torch.cat(out)
 
@@ -55,12 +71,34 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k: in
         correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum()
     return correct.item() / len(queries)  # host sync: once per evaluation
 
+# %% ../nbs/05_evaluate.ipynb #440dc8a8
+@torch.no_grad()
+def accuracy(model: nn.Module, batches, transform=None) -> float:
+    "Top-1 accuracy of `model`, in eval mode, over (inputs, labels) `batches`; inputs go through `transform` first."
+    was_training = model.training; model.eval()
+    correct, total = 0, 0
+    for inputs, labels in batches:
+        logits = model(transform(inputs) if transform is not None else inputs)
+        correct = correct + (logits.argmax(1) == labels).sum(); total += len(labels)  # a tensor on the batches' device
+    model.train(was_training)
+    if total == 0: raise ValueError('accuracy over no examples')
+    return int(correct) / total  # host sync: once per evaluation
+
 # %% ../nbs/05_evaluate.ipynb #3e8d83c8
+def standardise(train_features: torch.Tensor, test_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Both sets centred and scaled by the training set's statistics; a constant feature keeps a scale of 1."
+    train_features, test_features = train_features.float(), test_features.float()
+    mean, std = train_features.mean(0), train_features.std(0)
+    # scikit-learn's rule; the tolerance absorbs the rounding of a float32 mean of identical values
+    constant = std <= 10 * torch.finfo(std.dtype).eps * mean.abs().clamp(min=1)
+    scale = torch.where(constant, torch.ones_like(std), std)
+    return (train_features - mean) / scale, (test_features - mean) / scale
+
+
 def linear_probe(train_features, train_labels, test_features, test_labels, weight_decay: float = 1e-4,
                  max_iter: int = 300) -> float:
     "Test accuracy of a logistic regression fitted with L-BFGS on standardised frozen features."
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    a, b = (train_features.float() - mean) / std, (test_features.float() - mean) / std
+    a, b = standardise(train_features, test_features)
     num_classes = int(train_labels.max()) + 1
     with torch.random.fork_rng(devices=[]):  # the probe must not move the caller's random state
         torch.manual_seed(0)
@@ -72,7 +110,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, weigh
         loss = F.cross_entropy(classifier(a), train_labels) + weight_decay * classifier.weight.pow(2).sum()
         loss.backward(); return loss
     with torch.enable_grad(): optimizer.step(closure)
-    with torch.no_grad(): return (classifier(b).argmax(1) == test_labels).float().mean().item()
+    return accuracy(classifier, [(b, test_labels)])
 
 # %% ../nbs/05_evaluate.ipynb #5fe82c16
 def evaluate_encoder(encoder: nn.Module, data: ImageData, device=None, size: int | None = None,
@@ -98,8 +136,7 @@ def reinitialised(encoder: nn.Module, seed: int = 0) -> nn.Module:
 
 def compare_with_baselines(encoder: nn.Module, data: ImageData, device=None, size: int | None = None) -> dict:
     "{representation: {knn, linear}} for the encoder, the same encoder at random init, and raw pixels."
-    device = get_device(device)
-    encoder = encoder.to(device)
+    device = get_device(device)  # `embed` runs a copy of the encoder there when it lives elsewhere
     train, test = pixels(data.train.images.to(device), data), pixels(data.test.images.to(device), data)
     train_labels, test_labels = data.train.labels.to(device), data.test.labels.to(device)
     raw = dict(knn=knn_accuracy(train, train_labels, test, test_labels),
@@ -115,7 +152,7 @@ def format_results(results: dict) -> str:
     for name, row in results.items(): lines.append(f"{name:<16}{row['knn']:>8.1%}{row['linear']:>9.1%}")
     return '\n'.join(lines)
 
-# %% ../nbs/05_evaluate.ipynb #0c7a9820
+# %% ../nbs/05_evaluate.ipynb #08114a9f
 class Classifier(nn.Module):
     "An encoder with a linear head."
     def __init__(self, encoder: nn.Module, num_classes: int):
@@ -123,6 +160,23 @@ class Classifier(nn.Module):
     def forward(self, x): return self.head(self.encoder(x))
 
 
+class TrainingInput(Callback):
+    "Turns each uint8 training batch into network input with `transform`, on the device; cancels validation."
+    def __init__(self, transform): self.transform = transform
+    def before_batch(self): self.learn.xb = (self.transform(self.xb[0]),)
+    def before_validate(self): raise CancelValidException()  # scored once, with `accuracy`, after training
+
+
+def classifier_learner(model: nn.Module, train: Split, transform, bs: int, device=None, weight_decay: float = 0.0,
+                       label_smoothing: float = 0.0, splitter=trainable_params) -> Learner:
+    "A fastai `Learner` training `model` with AdamW and cross-entropy on `GPUBatches` of `train`, each through `transform`."
+    batches = GPUBatches(train, bs, device)
+    optimizer = lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+    # fastai wants a validation loader; it is never iterated (TrainingInput cancels validation)
+    return Learner(DataLoaders(batches, batches), model, loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+                   opt_func=optimizer, splitter=splitter, cbs=[TrainingInput(transform)])
+
+# %% ../nbs/05_evaluate.ipynb #0c7a9820
 def training_epochs(train_size: int, bs: int, epochs: int, min_steps: int, max_steps: int) -> int:
     "Epochs of `train_size // bs` steps each: `epochs`, stretched to at least `min_steps` and cut to `max_steps`."
     steps_per_epoch = max(1, train_size // bs)
@@ -136,32 +190,17 @@ def finetune(encoder: nn.Module, data: ImageData, fraction: float | None = None,
     """Test accuracy after fine-tuning a copy of `encoder` plus a linear head on a seeded label subset.
     `epochs` is stretched to at least `min_steps` optimiser steps (150; 20 under IN_TEST) and cut to `max_steps`:
     10 labels per class is one batch, and ten one-step epochs would barely move the weights."""
-    from fastai.learner import Learner
-    from fastai.data.core import DataLoaders
-    from fastai.optimizer import OptimWrapper
-    from fastai.callback.core import Callback, CancelValidException
-    import fastai.callback.progress, fastai.callback.schedule  # noqa: F401 (add no_bar and fit_one_cycle)
     from sslcourse.augment import ViewPipeline
     device = get_device(device); seed_everything(seed)
     subset = data.train[label_subset(data.train.labels, fraction, per_class, seed)]
     size = size or data.size
     augment = ViewPipeline(size, data.mean, data.std, scale=(0.6, 1.0), jitter=0.0, grayscale=0.0)
-    class Augment(Callback):
-        def before_batch(self):
-            images = self.xb[0]
-            self.learn.xb = (augment(images) if self.training else augment_eval(images),)
-        def before_validate(self): raise CancelValidException()  # scored once, below, not after every epoch
-    def augment_eval(images):
+    def test_input(images):  # normalised and resized to the training size, without augmentation
         x = data.normalize(images)
         return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False) if size != data.size else x
     model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
     batch = min(bs, len(subset))
     epochs = training_epochs(len(subset), batch, epochs, budget(150, 20) if min_steps is None else min_steps, max_steps)
-    dls = DataLoaders(GPUBatches(subset, batch, device), GPUBatches(data.test, 512, device, shuffle=False, drop_last=False))
-    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[Augment()],
-                    opt_func=lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=0.05))
+    learn = classifier_learner(model, subset, augment, batch, device, weight_decay=0.05)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    model.eval(); correct = torch.zeros((), device=device)
-    with torch.no_grad():
-        for images, labels in dls.valid: correct += (model(augment_eval(images)).argmax(1) == labels).sum()
-    return correct.item() / len(data.test)
+    return accuracy(model, GPUBatches(data.test, 512, device, shuffle=False, drop_last=False), test_input)

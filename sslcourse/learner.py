@@ -6,38 +6,47 @@ Docs: https://sslcourse.github.io/sslcourse/learner.html.md"""
 
 # %% ../nbs/07_learner.ipynb #07bae7f9
 from __future__ import annotations
-import copy, math, os, sys, time, random
+import copy, math, os, sys, time, random, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from .core import Registry, UsageError, get_device  # first: it silences fastai's import-time warning
 from fastai.learner import Learner, AvgSmoothLoss
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds, combined_cos
 from fastai.optimizer import OptimWrapper
-import fastai.callback.schedule  # noqa: F401 (adds Learner.fit_one_cycle)
+from timm.optim import Lars, param_groups_weight_decay
+from timm.utils import distribute_bn
 from .data import ImageData, dataloaders, get_data
 from .augment import make_views
 from .models import create_encoder, input_size
 from .evaluate import embed, knn_accuracy
+from .distributed import (init_distributed, is_distributed, rank, world_size, is_main, barrier, gather_with_grad,
+                          all_gather_no_grad, all_reduce_sum, all_reduce_max, sync_batchnorm as sync_batchnorm_)
 
 # %% auto #0
-__all__ = ['METHODS', 'Method', 'register_method', 'get_method', 'list_methods', 'ema_update_', 'cosine_momentum', 'Queue',
-           'gather_with_grad', 'SSLCallback', 'MethodCallback', 'ChannelsLast', 'Compile', 'QuietProgress',
-           'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image', 'KNNMonitor', 'OnlineProbe',
-           'TrainingDiverged', 'NaNGuard', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'EpochLines',
-           'ssl_learner', 'fit_ssl']
+__all__ = ['METHODS', 'OPTIMIZERS', 'SCHEDULES', 'Method', 'register_method', 'get_method', 'list_methods', 'reset_head_',
+           'ema_update_', 'cosine_momentum', 'Queue', 'MemoryBank', 'SSLCallback', 'MethodCallback', 'BFloat16',
+           'ChannelsLast', 'Compile', 'QuietProgress', 'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image',
+           'embed_all', 'KNNMonitor', 'OnlineProbe', 'TrainingDiverged', 'NaNGuard', 'save_checkpoint',
+           'load_checkpoint', 'Checkpoint', 'EpochLines', 'one_cycle', 'warmup_cosine', 'optimizer_groups',
+           'ssl_learner', 'AverageBatchNormStatistics', 'fit_ssl']
 
 # %% ../nbs/07_learner.ipynb #93a8ea3e
 class Method(nn.Module):
-    "Base class of every SSL method: views, model, state, loss and hooks (see the learner notebook)."
-    lr: float = 2e-3                  # default peak learning rate for `fit_ssl`
-    optimizer: str = 'adamw'          # 'adamw' or 'sgd'
-    weight_decay: float = 1e-4
+    "Base class of every SSL method: views, model, state, loss, hooks and declarations (see the learner notebook)."
+    lr: float = 2e-3                      # default peak learning rate for `fit_ssl`
+    optimizer: str = 'adamw'              # a name in OPTIMIZERS: adamw, sgd, lars
+    schedule: str = 'one_cycle'           # a name in SCHEDULES: one_cycle, warmup_cosine
+    weight_decay: float = 1e-4            # on weights; norms and biases get none (see `parameter_groups`)
+    needs_indices: bool = False           # batches carry dataset positions: loss(outputs, labels, indices)
+    needs_num_images: bool = False        # the constructor receives `num_images=` (the number of training images)
+    find_unused_parameters: bool = False  # for DistributedDataParallel: some parameters skip some steps
 
     def __init__(self, encoder: nn.Module, views: list):
         super().__init__()
@@ -52,11 +61,22 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def loss(self, outputs: dict, *targets) -> torch.Tensor:
-        "4. Loss: a pure function of the outputs. fastai passes the batch's labels as `targets`; SSL ignores them."
+        "4. Loss: a pure function of the outputs. `targets` are the batch's (labels,), or (labels, indices) when `needs_indices`."
         raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        "Optimiser groups: torch's keys plus `lr_scale` (× the scheduled rate) and `fixed_lr` (stay at the peak rate)."
+        return param_groups_weight_decay(self, self.weight_decay)  # timm's: 1-D tensors (norms, biases) get none
+
+    def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
+        "Dataset positions to visit this epoch (any length, repeats allowed); None means a random permutation."
+        return None
 
     # The hooks are not named after fastai's events: a `Learner` forwards unknown attributes to its model, so a
     # method with an `after_step` would be called by every callback that lacks one.
+    def before_optimizer_step(self, progress: float):
+        "5. After the backward pass, before the optimiser step: freeze prototypes, cancel a layer's gradient."
+
     def on_step(self, progress: float):
         "5. After each optimiser step; `progress` runs from 0 to 1 over training. EMA and queue updates go here."
 
@@ -89,6 +109,14 @@ def list_methods() -> list[str]:
     _import_methods()
     return METHODS.names()
 
+
+def reset_head_(learn: Learner, module: nn.Module):
+    "Re-initialise `module`'s layers and drop their optimiser state (DeepCluster's classifier, every epoch)."
+    for layer in module.modules():
+        if hasattr(layer, 'reset_parameters'): layer.reset_parameters()
+    if learn.opt is not None:
+        for parameter in module.parameters(): learn.opt.opt.state.pop(parameter, None)
+
 # %% ../nbs/07_learner.ipynb #fa4acac1
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, momentum: float):
@@ -112,59 +140,86 @@ class Queue(nn.Module):
 
     @torch.no_grad()
     def push(self, x: torch.Tensor):
-        "Write the rows of `x` after the last ones written, wrapping around."
-        index = (self.pointer + torch.arange(len(x), device=x.device)) % len(self.items)
-        self.items.index_copy_(0, index, x.to(self.items.dtype))
-        self.pointer.copy_((self.pointer + len(x)) % len(self.items))
-
-# %% ../nbs/07_learner.ipynb #6dbc08d4
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous(); dist.all_reduce(grad)  # sum of every process's d(loss)/d(embeddings)
-        n = grad.shape[0] // dist.get_world_size(); rank = dist.get_rank()
-        return grad[rank * n:(rank + 1) * n]
+        "Write the rows of `x` after the last ones written, wrapping around; only the last `size` rows if more."
+        size, count = len(self.items), len(x)
+        kept = x[-size:]                                   # shapes are known on the host: no sync
+        index = (self.pointer + (count - len(kept)) + torch.arange(len(kept), device=x.device)) % size
+        self.items.index_copy_(0, index, kept.to(self.items.dtype))
+        self.pointer.copy_((self.pointer + count) % size)
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    "All processes' `x` concatenated along dim 0, with gradients flowing back; identity in a single process."
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1: return _GatherWithGrad.apply(x)
-    return x
+class MemoryBank(nn.Module):
+    "One L2-normalised `dim`-vector per training image, updated by EMA at the images' dataset indices."
+    def __init__(self, size: int, dim: int, momentum: float = 0.5):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer('items', F.normalize(torch.randn(size, dim), dim=1))
+
+    def __len__(self): return len(self.items)
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor: return self.items[indices]
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, x: torch.Tensor):
+        "m[i] ← normalise(momentum·m[i] + (1 − momentum)·x) for each row; rows of every process are gathered first."
+        indices, x = all_gather_no_grad(indices), all_gather_no_grad(x.detach().to(self.items.dtype))
+        mixed = torch.lerp(x, self.items[indices], self.momentum)
+        self.items.index_copy_(0, indices, F.normalize(mixed, dim=1))  # indices are distinct within an epoch's batch
+
+    def negatives(self, count: int, queries: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        "`count` random rows (count, dim), shared by all queries, or (queries, count, dim) drawn for each query."
+        shape = (count,) if queries is None else (queries, count)
+        return self.items[torch.randint(len(self.items), shape, device=self.items.device, generator=generator)]
 
 # %% ../nbs/07_learner.ipynb #e75297a5
 class SSLCallback(Callback):
-    "Base of the kit's callbacks: knows which epochs a resumed run skips."
+    "Base of the kit's callbacks: knows which epochs a resumed run skips, and what to keep in a checkpoint."
     @property
     def skipped(self) -> bool: return self.epoch < getattr(self.learn, 'resumed_epochs', 0)
+    def checkpoint_state(self) -> dict | None: "What a checkpoint keeps of this callback (None: nothing)."
+    @property
+    def resumed_state(self) -> dict | None:
+        "What the checkpoint that this run resumed from kept of this callback."
+        return getattr(self.learn, 'resumed_callbacks', {}).get(self.name)
 
 
 class MethodCallback(SSLCallback):
     "Makes views before each batch and runs the method's hooks."
-    order = 5  # before MixedPrecision (10): views are made outside autocast
+    order = 5  # before BFloat16 (10): views are made outside autocast
+
+    def before_epoch(self):
+        if hasattr(self.dls.train, 'set_epoch'): self.dls.train.set_epoch(self.epoch)  # same order on every process
+        if not self.skipped: self.learn.method.on_epoch_start(self.learn)
 
     def before_batch(self):
         images = self.xb[0]
         self.learn.labels = self.yb[0] if len(self.yb) else None
-        self.learn.xb = tuple(self.model.make_views(images))  # yb keeps the labels: fastai's Recorder needs a target
+        self.learn.indices = self.yb[1] if len(self.yb) > 1 else None
+        self.learn.batch_images = len(images)   # the images, not the views: one view may hold several crops
+        self.learn.xb = tuple(self.learn.method.make_views(images))  # yb keeps the labels: fastai's Recorder needs a target
 
-    def after_step(self): self.model.on_step(self.pct_train)
-    def before_epoch(self):
-        if not self.skipped: self.model.on_epoch_start(self.learn)
+    def before_step(self): self.learn.method.before_optimizer_step(self.pct_train)
+    def after_step(self): self.learn.method.on_step(self.pct_train)
     def after_epoch(self):
-        if not self.skipped: self.model.on_epoch_end(self.learn)
+        if not self.skipped: self.learn.method.on_epoch_end(self.learn)
     def before_validate(self): raise CancelValidException()
 
 # %% ../nbs/07_learner.ipynb #f584bab4
+class BFloat16(Callback):
+    "Forward pass and loss under bf16 autocast, on whatever device the data lives."
+    order = 10
+    def before_batch(self):
+        self.autocast = torch.autocast(self.dls.device.type, dtype=torch.bfloat16); self.autocast.__enter__()
+    def after_loss(self): self._leave()
+    def after_batch(self): self._leave()  # also when a callback cancelled the batch before the loss
+    def after_fit(self): self._leave()
+    def _leave(self):
+        if getattr(self, 'autocast', None) is not None: self.autocast.__exit__(None, None, None); self.autocast = None
+
+
 class ChannelsLast(Callback):
     "Model and views in channels_last memory format."
     order = 6
-    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
+    def before_fit(self): self.learn.method.to(memory_format=torch.channels_last)
     def before_batch(self):
         self.learn.xb = tuple(v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in self.xb)
 
@@ -187,7 +242,7 @@ class QuietProgress(ProgressCallback):
 
 class DeviceSmoothLoss(AvgSmoothLoss):
     "fastai's smoothed loss kept on the loss's device (fastai's copies it to the CPU every batch: a host sync)."
-    def reset(self): self.count, self.val = 0, None
+    def reset(self): (self.count, self.val), self.carry = getattr(self, 'carry', (0, None)), (0, None)  # a resumed run carries on
     def accumulate(self, learn):
         self.count += 1
         loss = learn.loss.detach().float().mean()
@@ -202,19 +257,22 @@ def _synchronize(device):
 
 
 class Throughput(SSLCallback):
-    "Images per second of each training epoch, and MFU when `peak_tflops` is given."
-    order = 95
+    "Images per second of each training epoch (epoch-start work included, summed over processes), and MFU."
+    order = 1  # before MethodCallback (5), whose before_epoch runs the method's epoch-start work
     def __init__(self, peak_tflops: float | None = None): self.peak_tflops, self.history = peak_tflops, []
-    def before_fit(self): self.history, self.device = [], self.dls.device
-    def before_train(self):
-        _synchronize(self.device); self.start, self.images = time.perf_counter(), 0
+    def checkpoint_state(self): return dict(history=self.history)
+    def before_fit(self): self.history = list((self.resumed_state or {}).get('history', []))
+    def before_epoch(self):
+        _synchronize(self.dls.device); self.start, self.images = time.perf_counter(), 0
     def after_batch(self):
-        if self.training: self.images += self.learn.xb[0].shape[0]
+        if self.training: self.images += getattr(self.learn, 'batch_images', len(self.learn.xb[0]))
     def after_train(self):  # before validation and the epoch-end monitors, which are not training
         if self.skipped: return
-        _synchronize(self.device); seconds = time.perf_counter() - self.start
-        self.history.append(dict(epoch=self.epoch + 1, seconds=seconds, images=self.images,
-                                 img_per_s=self.images / seconds))
+        _synchronize(self.dls.device); seconds = time.perf_counter() - self.start
+        totals = torch.tensor([float(self.images)], device=self.dls.device)
+        longest = torch.tensor([seconds], device=self.dls.device)
+        images, seconds = all_reduce_sum(totals).item(), all_reduce_max(longest).item()  # host sync: once per epoch
+        self.history.append(dict(epoch=self.epoch + 1, seconds=seconds, images=int(images), img_per_s=images / seconds))
 
     def summary(self, skip_first: bool = False) -> dict:
         "Totals over the recorded epochs (optionally without the first, which includes compilation)."
@@ -230,25 +288,40 @@ class Throughput(SSLCallback):
 def training_flops_per_image(learn: Learner, n: int = 8) -> float:
     "FLOPs of one training step (forward + backward) per image, counted on a copy of the method."
     from torch.utils.flop_counter import FlopCounterMode
-    method = copy.deepcopy(learn.model._orig_mod if hasattr(learn.model, '_orig_mod') else learn.model)
+    method = copy.deepcopy(learn.method)
     images = next(iter(learn.dls.train))[0][:n]
     counter = FlopCounterMode(display=False)
     with counter: method.loss(method(*method.make_views(images))).backward()
     return counter.get_total_flops() / len(images)
 
 
+def embed_all(encoder: nn.Module, images: torch.Tensor, data: ImageData, size: int | None = None) -> torch.Tensor:
+    "Features of every image; with several processes each embeds every world_size-th image and all are gathered."
+    device = next(encoder.parameters()).device
+    if not is_distributed(): return embed(encoder, images, data, device=device, size=size)
+    count, share, processes = len(images), -(-len(images) // world_size()), world_size()
+    mine = (torch.arange(share) * processes + rank()).clamp(max=count - 1)  # the last image pads the last share
+    gathered = all_gather_no_grad(embed(encoder, images[mine], data, device=device, size=size))
+    where = (torch.arange(share).repeat(processes) * processes
+             + torch.arange(processes).repeat_interleave(share)).clamp(max=count - 1).to(device)
+    return torch.zeros(count, gathered.shape[1], device=device).index_copy_(0, where, gathered)
+
+
 class KNNMonitor(SSLCallback):
-    "Weighted kNN accuracy of the encoder on the test split every `every` epochs, in `history`."
+    "Weighted kNN accuracy every `every` epochs, in `history`: `data.train` votes, `data.test` asks (`ssl_learner` passes a validation split)."
     order = 80
     def __init__(self, data: ImageData, every: int = 1, size: int | None = None):
         self.data, self.every, self.size, self.history = data, every, size, []
-    def before_fit(self): self.history = [] if not getattr(self.learn, 'resumed_epochs', 0) else self.history
+    def checkpoint_state(self): return dict(history=self.history)
+    def before_fit(self): self.history = list((self.resumed_state or {}).get('history', []))
     def after_epoch(self):
         if self.skipped or ((self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch): return
-        encoder = self.learn.model.encoder; device = next(encoder.parameters()).device
-        train = embed(encoder, self.data.train.images, self.data, device=device, size=self.size)
-        test = embed(encoder, self.data.test.images, self.data, device=device, size=self.size)
-        accuracy = knn_accuracy(train, self.data.train.labels.to(device), test, self.data.test.labels.to(device))
+        encoder = self.learn.method.encoder
+        bank, queries = self.data.train, self.data.test
+        keep = bank.labels >= 0  # unlabeled images (STL-10) cannot vote
+        train = embed_all(encoder, bank.images[keep], self.data, self.size)
+        test = embed_all(encoder, queries.images, self.data, self.size)
+        accuracy = knn_accuracy(train, bank.labels[keep].to(train.device), test, queries.labels.to(train.device))
         self.history.append((self.epoch + 1, accuracy))
 
 
@@ -256,43 +329,67 @@ class OnlineProbe(SSLCallback):
     "A linear probe trained alongside the method on detached first-view features; accuracy per epoch in `history`."
     order = 20
     def __init__(self, num_classes: int, lr: float = 3e-3): self.num_classes, self.lr, self.history = num_classes, lr, []
+    def checkpoint_state(self):
+        return dict(history=self.history, probe=self.probe.state_dict(), optimizer=self.probe_optimizer.state_dict())
     def before_fit(self):
         device = self.dls.device
         with torch.random.fork_rng(devices=[]):  # a resumed run restored its random state: do not move it
-            self.probe = nn.Linear(self.learn.model.encoder.num_features, self.num_classes).to(device)
+            self.probe = nn.Linear(self.learn.method.encoder.num_features, self.num_classes).to(device)
         self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), self.lr)
+        self.history = []
+        if self.resumed_state:
+            self.history = list(self.resumed_state['history'])
+            self.probe.load_state_dict(self.resumed_state['probe'])
+            self.probe_optimizer.load_state_dict(self.resumed_state['optimizer'])
     def before_epoch(self):
         self.correct = torch.zeros((), device=self.dls.device); self.seen = torch.zeros((), device=self.dls.device)
     def after_loss(self):
         labels = getattr(self.learn, 'labels', None)
         if not self.training or labels is None: return
         logits = self.probe(self.learn.pred['features'].detach().float())
-        F.cross_entropy(logits, labels, ignore_index=-1).backward()
+        labelled = (labels >= 0).sum().clamp(min=1)  # a batch of only unlabeled images (STL-10) adds nothing
+        (F.cross_entropy(logits, labels, ignore_index=-1, reduction='sum') / labelled).backward()
+        if is_distributed():  # average the probe's gradients, as DistributedDataParallel does for the method's
+            for parameter in self.probe.parameters(): all_reduce_sum(parameter.grad).div_(world_size())
         self.probe_optimizer.step(); self.probe_optimizer.zero_grad(set_to_none=True)
-        self.correct += (logits.argmax(1) == labels).sum(); self.seen += (labels >= 0).sum()
+        self.correct += ((logits.argmax(1) == labels) & (labels >= 0)).sum(); self.seen += (labels >= 0).sum()
     def after_epoch(self):
-        if not self.skipped:
-            self.history.append((self.epoch + 1, (self.correct / self.seen.clamp(min=1)).item()))  # host sync: per epoch
+        if self.skipped: return
+        counts = all_reduce_sum(torch.stack([self.correct, self.seen]).float())
+        self.history.append((self.epoch + 1, (counts[0] / counts[1].clamp(min=1)).item()))  # host sync: per epoch
 
 # %% ../nbs/07_learner.ipynb #5fea32f5
 class TrainingDiverged(RuntimeError):
-    "The loss became NaN or infinite."
+    "The loss, a gradient or a weight became NaN or infinite."
+
+
+def _finite(tensors: list) -> torch.Tensor:
+    "A device flag: every tensor is finite (the norm of a tensor with a NaN or inf is not finite)."
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()) if tensors else torch.ones((), dtype=torch.bool)
 
 
 class NaNGuard(SSLCallback):
-    "Stop when the loss is not finite; checked on the host only every `check_every` steps and at epoch end."
+    "Stop when the loss, a gradient or (before a checkpoint) a weight is not finite; see the notebook for when it looks."
     order = 50
-    def __init__(self, check_every: int = 100): self.check_every = check_every
-    def before_fit(self): self.learn.diverged = False
+    def __init__(self, check_every: int | None = None): self.check_every = check_every
+    def before_fit(self):
+        self.learn.diverged = False
+        self.every = self.check_every or (100 if self.dls.device.type == 'cuda' else 1)
     def before_epoch(self): self.bad = torch.zeros((), dtype=torch.bool, device=self.dls.device)
     def after_loss(self):
         if not self.training: return
-        self.bad |= ~torch.isfinite(self.learn.loss.detach())
-        if (self.iter + 1) % self.check_every == 0: self._check()
+        self.bad |= ~torch.isfinite(self.learn.loss.detach()).all()
+        if self.every == 1: self._check()  # before the backward pass and the step
+    def after_backward(self):
+        self.bad |= ~_finite([p.grad for p in self.learn.method.parameters() if p.grad is not None]).to(self.bad.device)
+        if (self.iter + 1) % self.every == 0: self._check()  # every == 1: before the step touches the weights
     def after_epoch(self):
-        if not self.skipped: self._check()
+        if self.skipped: return
+        self.bad |= ~_finite([p.detach() for p in self.learn.method.parameters()]).to(self.bad.device)
+        self._check()
     def _check(self):
-        if self.bad.item():  # host sync: every `check_every` steps
+        flag = all_reduce_max(self.bad.to(torch.int32))
+        if flag.item():  # host sync: every `check_every` steps
             self.learn.diverged = True
             raise CancelFitException()
 
@@ -308,17 +405,27 @@ def _restore_random_states(states: dict):
     if 'cuda' in states and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
 
 
-def _method(learn): return getattr(learn.model, '_orig_mod', learn.model)
+def _method(learn): return getattr(learn, 'method', getattr(learn.model, '_orig_mod', learn.model))
 
 
 def save_checkpoint(learn: Learner, path: Path, epoch: int):
-    "Atomically write the method, optimiser, `epoch` and random states to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    state = dict(method=_method(learn).state_dict(), optimizer=learn.opt.state_dict(), epoch=epoch,
-                 random=_random_states())
-    temporary = path.with_name(path.name + '.tmp')
-    torch.save(state, temporary)
-    os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
+    "Atomically write the method, optimiser, `epoch`, random states, loss record and callback histories to `path`."
+    path = Path(path)
+    randomness = _random_states()
+    if is_distributed():  # each process draws its own augmentations: keep every process's state
+        every = [None] * world_size(); dist.all_gather_object(every, randomness); randomness = dict(processes=every)
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        callbacks = {cb.name: cb.checkpoint_state() for cb in learn.cbs if isinstance(cb, SSLCallback)}
+        state = dict(method=_method(learn).state_dict(), optimizer=learn.opt.state_dict(), epoch=epoch,
+                     random=randomness, losses=list(getattr(learn, 'resumed_losses', []))
+                     + [float(v) for v in getattr(learn.recorder, 'losses', [])],  # host sync: per epoch
+                     smooth_loss=(learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val),
+                     callbacks={name: value for name, value in callbacks.items() if value is not None})
+        temporary = path.with_name(path.name + '.tmp')
+        torch.save(state, temporary)
+        os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
+    barrier()
 
 
 def load_checkpoint(learn: Learner, path: Path) -> int:
@@ -332,13 +439,19 @@ def load_checkpoint(learn: Learner, path: Path) -> int:
                          'use another --out folder or delete it') from None
     if learn.opt is None: learn.create_opt()
     learn.opt.load_state_dict(state['optimizer'])
-    _restore_random_states(state['random'])
+    randomness = state['random']
+    if 'processes' in randomness:
+        randomness = randomness['processes'][rank() if rank() < len(randomness['processes']) else 0]
+    _restore_random_states(randomness)
+    learn.resumed_losses = state.get('losses', [])
+    if 'smooth_loss' in state: learn.recorder.smooth_loss.carry = state['smooth_loss']
+    learn.resumed_callbacks = state.get('callbacks', {})
     return state['epoch']
 
 
 class Checkpoint(SSLCallback):
-    "Save an atomic checkpoint to `path` after every epoch."
-    order = 70
+    "Save an atomic checkpoint to `path` after every epoch, once the monitors have recorded it."
+    order = 85  # after NaNGuard (50) looked and the kNN monitor (80) wrote its history
     def __init__(self, path: Path): self.path = Path(path)
     def after_epoch(self):
         if not self.skipped: save_checkpoint(self.learn, self.path, self.epoch + 1)
@@ -359,56 +472,129 @@ class EpochLines(SSLCallback):
             parts += [f"{throughput.history[-1]['seconds']:.1f}s", f"{throughput.history[-1]['img_per_s']:.0f} img/s"]
         print('  '.join(parts), file=self.stream, flush=True)
 
+# %% ../nbs/07_learner.ipynb #e196763f
+OPTIMIZERS = Registry('optimizer')
+
+@OPTIMIZERS.register('adamw')
+def _adamw(groups, lr, device): return torch.optim.AdamW(groups, lr=lr, **_fused(device))
+
+@OPTIMIZERS.register('sgd')
+def _sgd(groups, lr, device): return torch.optim.SGD(groups, lr=lr, momentum=0.9, **_fused(device))
+
+@OPTIMIZERS.register('lars')
+def _lars(groups, lr, device): return Lars(groups, lr=lr, momentum=0.9, trust_coeff=0.001)
+
+def _fused(device): return dict(fused=True) if device.type == 'cuda' else dict(foreach=True)
+
+
+SCHEDULES = Registry('schedule')
+
+@SCHEDULES.register('one_cycle')
+def one_cycle(peak: np.ndarray):
+    "fastai's 1cycle (Smith 2018): cosine up from peak/25 over the first 25%, then down to peak/10⁵."
+    return combined_cos(0.25, peak / 25, peak, peak / 1e5)
+
+@SCHEDULES.register('warmup_cosine')
+def warmup_cosine(peak: np.ndarray, warmup: float = 0.1):
+    "Linear warm-up from 0 over the first `warmup` of training, then a cosine to 0 (Goyal et al. 2017; Loshchilov & Hutter 2017)."
+    return combine_scheds([warmup, 1 - warmup], [SchedLin(peak * 0, peak), SchedCos(peak, peak * 0)])
+
+
+def optimizer_groups(method: Method) -> list[dict]:
+    "The method's parameter groups with our keys filled in (`lr_scale` 1, `fixed_lr` False)."
+    groups = [dict(group) for group in method.parameter_groups()]
+    for group in groups: group.setdefault('lr_scale', 1.0); group.setdefault('fixed_lr', False)
+    return groups
+
 # %% ../nbs/07_learner.ipynb #17115c27
-_OPTIMIZERS = {'adamw': torch.optim.AdamW, 'sgd': torch.optim.SGD}
-
-
 def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_small', arch: str = 'convnet',
                 bs: int = 256, device=None, size: int | None = None, loss_func=None, optimizer: str | None = None,
-                weight_decay: float | None = None, bf16: bool | None = None, channels_last: bool | None = None,
-                compile: str | bool | None = None, knn_every: int | None = 1, probe: bool = True,
-                checkpoint: Path | None = None, progress: str = 'bar', peak_tflops: float | None = None,
-                cbs: list | None = None, **method_options) -> Learner:
-    "A fastai `Learner` that trains `method` (a name or a `Method`) on `data` with the kit's callbacks."
+                schedule: str | None = None, weight_decay: float | None = None, bf16: bool | None = None,
+                channels_last: bool | None = None, compile: str | bool | None = None, knn_every: int | None = 1,
+                probe: bool = True, checkpoint: Path | None = None, progress: str = 'bar',
+                peak_tflops: float | None = None, split: str | None = None, sync_batchnorm: bool = False,
+                seed: int | None = None, cbs: list | None = None, **method_options) -> Learner:
+    "A fastai `Learner` that trains `method` (a name or a `Method`) on `data` with the kit's callbacks; `bs` is global."
     device = get_device(device)
+    distributed = init_distributed(device)
     data = get_data(data) if isinstance(data, str) else data
     size = size or input_size(arch, data.size)
+    split = split or ('train+unlabeled' if data.unlabeled is not None else 'train')
+    seed = torch.initial_seed() % 2**31 if seed is None else seed
+    if bs % world_size():
+        raise UsageError(f'--bs {bs} does not split evenly over {world_size()} processes; use a multiple of {world_size()}')
     if isinstance(method, str):
-        method = get_method(method)(create_encoder(arch, data.channels), size=size, mean=data.mean, std=data.std,
-                                    **method_options)
+        method_class = get_method(method)
+        if method_class.needs_num_images: method_options['num_images'] = _split_size(data, split)
+        method = method_class(create_encoder(arch, data.channels), size=size, mean=data.mean, std=data.std,
+                              **method_options)
+    if weight_decay is not None: method.weight_decay = weight_decay
     method = method.to(device)
+    model = method
+    if distributed:
+        if sync_batchnorm: method = sync_batchnorm_(method, device)
+        torch.manual_seed(seed + rank())  # every process draws its own augmentations; DDP broadcasts rank 0's weights
+        with warnings.catch_warnings():  # torch suggests forward_sync_buffers, which still syncs at init; we must not
+            warnings.filterwarnings('ignore', message='.*broadcast_buffers.*', category=FutureWarning)
+            model = DistributedDataParallel(method, device_ids=[device.index] if device.type == 'cuda' else None,
+                                            broadcast_buffers=False, find_unused_parameters=method.find_unused_parameters)
+    custom_order = type(method).epoch_order is not Method.epoch_order
+    dls = dataloaders(data, bs // world_size(), device, split=split, indices=method.needs_indices,
+                      sampler=method.epoch_order if custom_order else None, seed=seed, rank=rank(),
+                      world_size=world_size())
     cuda = device.type == 'cuda'
-    optimizer = optimizer or method.optimizer
-    if optimizer not in _OPTIMIZERS: raise UsageError(f"unknown optimizer '{optimizer}'; choose from: adamw, sgd")
-    options = dict(weight_decay=method.weight_decay if weight_decay is None else weight_decay,
-                   **(dict(fused=True) if cuda else dict(foreach=True)))
-    if optimizer == 'sgd': options['momentum'] = 0.9
-    def opt_func(params, lr): return OptimWrapper(params, _OPTIMIZERS[optimizer], lr=lr, **options)
+    build = OPTIMIZERS.get(optimizer or method.optimizer)
+    schedule = schedule or method.schedule
+    SCHEDULES.get(schedule)  # unknown names fail here, with the choices
+    def opt_func(groups, lr): return OptimWrapper(opt=build(list(groups), lr, device))
     callbacks = [MethodCallback(), NaNGuard(), Throughput(peak_tflops)]
-    if cuda if bf16 is None else bf16: callbacks.append(MixedPrecision(amp_mode='bf16'))
+    if cuda if bf16 is None else bf16: callbacks.append(BFloat16())
     if cuda if channels_last is None else channels_last: callbacks.append(ChannelsLast())
     if compile: callbacks.append(Compile(None if compile is True else compile))
-    if knn_every: callbacks.append(KNNMonitor(data, knn_every, size))
+    if distributed: callbacks.append(AverageBatchNormStatistics())
+    if knn_every: callbacks.append(KNNMonitor(data.with_validation(0.1, seed=0), knn_every, size))  # the test split is for final tables
     if probe and data.train.labels.max() >= 0: callbacks.append(OnlineProbe(data.num_classes))
     if checkpoint: callbacks.append(Checkpoint(checkpoint))
-    if progress == 'lines': callbacks.append(EpochLines())
-    learn = Learner(dataloaders(data, bs, device), method, loss_func=loss_func or method.loss, opt_func=opt_func,
-                    lr=method.lr, cbs=callbacks + list(cbs or []))
+    if progress == 'lines' and is_main(): callbacks.append(EpochLines())
+    learn = Learner(dls, model, loss_func=loss_func or method.loss, opt_func=opt_func, lr=method.lr,
+                    splitter=lambda model: optimizer_groups(method), cbs=callbacks + list(cbs or []))
     learn.recorder.smooth_loss = DeviceSmoothLoss()
     learn.remove_cb(ProgressCallback)
-    if progress == 'bar': learn.add_cb(QuietProgress())
+    if progress == 'bar' and is_main(): learn.add_cb(QuietProgress())
     else: learn.logger = lambda *args: None
-    learn.data = data
+    learn.method, learn.data, learn.schedule = method, data, schedule
     return learn
 
 
+def _split_size(data: ImageData, split: str) -> int:
+    "How many images the training split `split` holds (train, unlabeled or train+unlabeled)."
+    parts = dict(train=data.train, unlabeled=data.unlabeled)
+    return sum(len(parts[name]) for name in split.split('+') if parts.get(name) is not None)
+
+
+class AverageBatchNormStatistics(SSLCallback):
+    "After each training epoch, every process's batch-norm running statistics become their mean (timm's `distribute_bn`)."
+    order = 2  # before the monitors and the checkpoint read them
+    def after_train(self): distribute_bn(self.learn.method, world_size(), reduce=True)
+
+
 def fit_ssl(learn: Learner, epochs: int, lr: float | None = None, resume: Path | bool | None = None) -> Learner:
-    "Train with a one-cycle schedule; `resume` (a checkpoint path, or True for the learner's own) continues a run."
+    "Train with the method's schedule; `resume` (a checkpoint path, or True for the learner's own) continues a run."
     if epochs < 1: raise UsageError(f'epochs must be at least 1, got {epochs}')
     if resume is True: resume = getattr(getattr(learn, 'checkpoint', None), 'path', None)
+    learn.resumed_losses, learn.resumed_callbacks = [], {}
     learn.resumed_epochs = load_checkpoint(learn, resume) if resume and Path(resume).exists() else 0
+    if learn.opt is None: learn.create_opt()
+    groups = learn.opt.opt.param_groups
+    peak = (lr or learn.lr) * np.array([group.get('lr_scale', 1.0) for group in groups])
+    fixed = np.array([group.get('fixed_lr', False) for group in groups])
+    schedule_name = getattr(learn, 'schedule', 'one_cycle')
+    base = SCHEDULES.get(schedule_name)(peak)
+    schedules = {'lr': lambda progress: np.where(fixed, peak, base(progress))}
+    if schedule_name == 'one_cycle': schedules['mom'] = combined_cos(0.25, *learn.moms)  # as fastai's fit_one_cycle
     if learn.resumed_epochs < epochs:
-        learn.fit_one_cycle(epochs, lr or learn.lr, start_epoch=learn.resumed_epochs)
+        learn.fit(epochs, cbs=ParamScheduler(schedules), start_epoch=learn.resumed_epochs)
+    learn.recorder.losses = list(learn.resumed_losses) + list(getattr(learn.recorder, 'losses', []))
     if getattr(learn, 'diverged', False):
         saved = getattr(getattr(learn, 'checkpoint', None), 'path', None)
         where = f'; the last good checkpoint is {saved}' if saved is not None and saved.exists() else ''

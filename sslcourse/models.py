@@ -60,6 +60,7 @@ HEAD_NAMES = ('global_pool', 'head', 'classifier', 'fc')  # timm's names for wha
 
 def encoder_view(model: nn.Module, stops=HEAD_NAMES) -> Encoder:
     "An `Encoder` sharing `model`'s weights: its children before the first of `stops`, with stage stacks split."
+    # hand-written, not timm's features_only: the blocks must be the model's own modules, for freezing and layer groups
     blocks = []
     for name, child in model.named_children():
         if name in stops: break
@@ -125,6 +126,8 @@ def input_size(arch: str, image_size: int) -> int:
 def mlp(in_features: int, hidden_features: int, out_features: int, layers: int = 2,
         last_batch_norm: bool = False) -> nn.Sequential:
     "An MLP head: (`layers` − 1) × [Linear, BN, ReLU], then Linear (and BN without affine if `last_batch_norm`)."
+    # hand-written, not torchvision.ops.MLP: its Dropout modules renumber the layers (stored checkpoints' keys) and it
+    # cannot mix bias-free hidden layers with a biased last one or end in an affine-free batch norm
     sizes = [in_features] + [hidden_features] * (layers - 1)
     modules = []
     for a, b in zip(sizes[:-1], sizes[1:]):

@@ -159,15 +159,13 @@ def recalibrate_batchnorm(encoder: nn.Module, images: torch.Tensor, data: ImageD
     "A copy of `encoder` whose batch-norm running statistics are re-estimated on uint8 `images` (no labels, no gradients)."
     fresh = copy.deepcopy(encoder)
     device = next(fresh.parameters()).device
-    norms = [m for m in fresh.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms: norm.reset_running_stats(); norm.momentum = None  # None: a cumulative average over batches
-    fresh.train()
-    for start in range(0, len(images), bs):
-        x = data.normalize(images[start:start + bs].to(device))
-        if size and size != x.shape[-1]: x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
-        fresh(x)
-    for norm, original in zip(norms, [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]):
-        norm.momentum = original.momentum
+    def batches():
+        for start in range(0, len(images), bs):
+            x = data.normalize(images[start:start + bs].to(device))
+            if size and size != x.shape[-1]: x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
+            yield x
+    # torch's update_bn: running statistics reset, then a cumulative average over one pass in train mode
+    torch.optim.swa_utils.update_bn(batches(), fresh)
     return fresh.eval()
 
 # %% ../nbs/20a_pretext.ipynb #66b5829b

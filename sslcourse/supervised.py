@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import sslcourse
-from .core import UsageError, get_device, seed_everything
+from .core import UsageError, get_device, seed_everything, write_json
 from .data import ImageData, Split, GPUBatches, label_subset
 from .models import convnet
 from .augment import ViewPipeline
-from .evaluate import Classifier, training_epochs
+from .evaluate import Classifier, training_epochs, classifier_learner, accuracy
 
 # %% auto #0
-__all__ = ['RECIPES', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'accuracy_on_test', 'supervised_classifier',
-           'train_supervised', 'label_scarcity_curve', 'plot_label_scarcity', 'format_curves', 'save_curves',
-           'read_supervised_baseline', 'baseline_accuracy']
+__all__ = ['RECIPES', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'supervised_classifier', 'train_supervised',
+           'label_scarcity_curve', 'plot_label_scarcity', 'format_curves', 'save_curves', 'read_supervised_baseline',
+           'baseline_accuracy']
 
 # %% ../nbs/10_supervised.ipynb #984e6e99
 @dataclass(frozen=True)
@@ -52,38 +52,6 @@ def _input_transform(data: ImageData, recipe: Recipe):
     return ViewPipeline(data.size, data.mean, data.std, scale=(0.7, 1.0), jitter=0.0, grayscale=0.0)
 
 
-def _learner(model, train: Split, data: ImageData, recipe: Recipe, bs: int, device, lr: float):
-    "A fastai Learner over device-resident batches, with the recipe's loss, optimiser and augmentation."
-    from fastai.learner import Learner
-    from fastai.data.core import DataLoaders
-    from fastai.optimizer import OptimWrapper
-    from fastai.callback.core import Callback, CancelValidException
-    import fastai.callback.schedule  # noqa: F401 (adds fit_one_cycle)
-    transform = _input_transform(data, recipe)
-
-    class Views(Callback):
-        "Training batches through the recipe's transform; no per-epoch validation (we score once, at the end)."
-        def before_batch(self): self.learn.xb = (transform(self.xb[0]),)
-        # a 100-image training set is one step per epoch: validating after each would cost more than training
-        def before_validate(self): raise CancelValidException()
-
-    test = GPUBatches(data.test, 512, device, shuffle=False, drop_last=False)
-    dls = DataLoaders(GPUBatches(train, bs, device), test)
-    optimizer = lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=recipe.weight_decay)
-    return Learner(dls, model, loss_func=nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-                   opt_func=optimizer, lr=lr, cbs=[Views()])
-
-
-@torch.no_grad()
-def accuracy_on_test(model: nn.Module, data: ImageData, bs: int = 512) -> float:
-    "Accuracy of `model` on `data.test`, in eval mode (batch norm uses running statistics, dropout is off)."
-    device = next(model.parameters()).device
-    model.eval(); correct = 0
-    for start in range(0, len(data.test), bs):
-        images = data.normalize(data.test.images[start:start + bs].to(device))
-        correct += (model(images).argmax(1).cpu() == data.test.labels[start:start + bs]).sum().item()
-    return correct / len(data.test)
-
 # %% ../nbs/10_supervised.ipynb #381324e3
 def supervised_classifier(data: ImageData, recipe: Recipe, widths=(32, 64, 128, 256)) -> Classifier:
     "A fresh ConvNet with a linear head, and dropout before it when the recipe asks."
@@ -103,12 +71,14 @@ def train_supervised(data: ImageData, per_class: int | None = None, recipe: str 
     seed_everything(seed)
     batch = min(bs, len(train))
     model = supervised_classifier(data, recipe, widths).to(device)
-    learn = _learner(model, train, data, recipe, batch, device, lr)
+    learn = classifier_learner(model, train, _input_transform(data, recipe), batch, device,
+                               weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing)
     epochs = training_epochs(len(train), batch, epochs, min_steps, max_steps)
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     seconds = time.perf_counter() - start
-    return dict(per_class=per_class, accuracy=accuracy_on_test(model, data), seconds=seconds,
+    test = GPUBatches(data.test, 512, device, shuffle=False, drop_last=False)
+    return dict(per_class=per_class, accuracy=accuracy(model, test, data.normalize), seconds=seconds,
                 steps=epochs * (len(train) // batch), train_size=len(train))
 
 # %% ../nbs/10_supervised.ipynb #52da0ae9
@@ -173,9 +143,7 @@ SUPERVISED_CURVE = RESULTS_DIR / 'supervised_curve.json'
 
 def save_curves(curves: dict, path: Path = SUPERVISED_CURVE, **provenance) -> Path:
     "Write `curves` and their provenance (device, date, command, ...) as JSON."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(**provenance, curves=curves), indent=1) + '\n')
-    return path
+    return write_json(path, dict(**provenance, curves=curves))
 
 
 def read_supervised_baseline(path: Path = SUPERVISED_CURVE) -> dict:

@@ -8,15 +8,15 @@ Docs: https://sslcourse.github.io/sslcourse/finetune.html.md"""
 
 # %% ../nbs/11_finetune.ipynb #81b08caf
 from __future__ import annotations
-import argparse, copy, json, re, time
+import argparse, copy, re, time
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import UsageError, get_device, seed_everything
+from .core import UsageError, get_device, seed_everything, write_json
 from .data import ImageData, Split, GPUBatches, DATASETS, get_data, label_subset
 from .augment import ViewPipeline
-from .evaluate import Classifier, linear_probe, reinitialised
+from .evaluate import Classifier, linear_probe, reinitialised, classifier_learner, accuracy
 from .models import splitter
 from .evaluate import training_epochs
 from .pretrained import ARCHITECTURE, TENSORFLOW_COMPATIBLE, MEAN, STANDARD_DEVIATION
@@ -129,30 +129,9 @@ def check_labels_per_class(data: ImageData, labels_per_class: int) -> int:
 
 # %% ../nbs/11_finetune.ipynb #9eae885e
 def _learner(model, train: Split, view: ImageNetInput, bs: int, device):
-    from fastai.learner import Learner
-    from fastai.data.core import DataLoaders
-    from fastai.optimizer import OptimWrapper
-    from fastai.callback.core import Callback, CancelValidException
-    import fastai.callback.schedule  # noqa: F401 (adds fit_one_cycle)
-
-    class ToNetworkInput(Callback):
-        def before_batch(self): self.learn.xb = (view(self.xb[0], train=self.training),)
-        def before_validate(self): raise CancelValidException()
-
-    batches = GPUBatches(train, bs, device)
-    optimizer = lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=0.01)
-    return Learner(DataLoaders(batches, batches), model, loss_func=nn.CrossEntropyLoss(), opt_func=optimizer,
-                   splitter=splitter, cbs=[ToNetworkInput()])
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, test: Split, view: ImageNetInput, bs: int = 256) -> float:
-    device = next(model.parameters()).device
-    model.eval(); correct = 0
-    for start in range(0, len(test), bs):
-        correct += (model(view(test.images[start:start + bs].to(device))).argmax(1).cpu()
-                    == test.labels[start:start + bs]).sum().item()
-    return correct / len(test)
+    "The kit's classifier `Learner`, with ImageNet input (augmented) and one parameter group per block for freezing."
+    return classifier_learner(model, train, lambda images: view(images, train=True), bs, device, weight_decay=0.01,
+                              splitter=splitter)
 
 # %% ../nbs/11_finetune.ipynb #75b774c3
 def _train(learn, policy: str, last: int | None, epochs: int, lr: float, head_lr: float):
@@ -184,16 +163,17 @@ def finetune_pretrained(encoder_or_name: str | nn.Module = ARCHITECTURE, data: I
     view = ImageNetInput(size, encoder.mean, encoder.std)
     encoder, start, steps = encoder.to(device), time.perf_counter(), 0
     if policy_name == 'linear':
-        accuracy = linear_probe(features(encoder, train.images, view), train.labels.to(device),
-                                features(encoder, test.images, view), test.labels.to(device))
+        score = linear_probe(features(encoder, train.images, view), train.labels.to(device),
+                             features(encoder, test.images, view), test.labels.to(device))
     else:
         batch = min(bs, len(train))
         epochs = training_epochs(len(train), batch, epochs, min_steps, max_steps or 10**9)
         model = Classifier(encoder, data.num_classes).to(device)
         _train(_learner(model, train, view, batch, device), policy_name, last, epochs, lr, head_lr)
-        accuracy, steps = _accuracy(model, test, view), epochs * (len(train) // batch)
+        test_batches = GPUBatches(test, 256, device, shuffle=False, drop_last=False)
+        score, steps = accuracy(model, test_batches, view), epochs * (len(train) // batch)
     return dict(policy=policy, pretrained=getattr(encoder, 'name', 'custom'), data=data.name,
-                labels_per_class=labels_per_class, accuracy=round(accuracy, 4), seconds=round(time.perf_counter() - start, 1),
+                labels_per_class=labels_per_class, accuracy=round(score, 4), seconds=round(time.perf_counter() - start, 1),
                 device=str(device), size=size, steps=steps, test_images=len(test), seed=seed)
 
 # %% ../nbs/11_finetune.ipynb #5f34172d
@@ -285,7 +265,5 @@ def run_finetune(args: argparse.Namespace) -> dict:
                                  test_per_class=args.test_per_class)
     print(f"{record['policy']} transfer of {record['pretrained']} to {record['data']} with {record['labels_per_class']} "
           f"labels per class: test accuracy {record['accuracy']:.1%} ({record['seconds']:.0f} s on {record['device']})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=1) + '\n')
+    if args.json: write_json(args.json, record)
     return record

@@ -23,7 +23,7 @@ def plot_training(learn, title: str = 'training') -> matplotlib.figure.Figure:
     ax.plot(np.arange(1, len(losses) + 1) / steps_per_epoch, losses, color='tab:blue', label='loss (smoothed)')
     ax.set_xlabel('epoch'); ax.set_ylabel('training loss', color='tab:blue')
     right = ax.twinx(); plotted = False
-    for attribute, label, colour in (('knn_monitor', 'kNN accuracy (test)', 'tab:orange'),
+    for attribute, label, colour in (('knn_monitor', 'kNN accuracy (validation)', 'tab:orange'),
                                      ('online_probe', 'online probe accuracy (train)', 'tab:green')):
         history = getattr(getattr(learn, attribute, None), 'history', [])
         if history:

@@ -8,17 +8,16 @@ normalise with the statistics of its own half-batch (unless the model is convert
 runs would differ for a reason that has nothing to do with gathering embeddings; that is a separate matter.
 """
 import os
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sslcourse.learner import gather_with_grad
 from sslcourse.losses import nt_xent
 from sslcourse.methods.simclr import SimCLR
 from sslcourse.models import create_encoder
+from tests.processes import run_processes
 
 WORLD_SIZE, PER_PROCESS, SEED, TEMPERATURE = 2, 6, 0, 0.2
 MEAN, STD = (0.286,), (0.353,)
@@ -39,42 +38,25 @@ def _loss_and_grads(method, view1, view2):
     return loss.detach(), {name: p.grad.detach().clone() for name, p in method.named_parameters()}, outputs
 
 
-def _worker(rank: int, init_method: str, folder: str):
+def _worker(rank: int, folder: str, init_method: str):
     "One process: its rows of the views, the method's loss (which gathers), backward, then DDP-style grad averaging."
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=init_method, rank=rank, world_size=WORLD_SIZE)
     try:
-        torch.set_num_threads(1)
-        dist.init_process_group('gloo', init_method=init_method, rank=rank, world_size=WORLD_SIZE)
-        try:
-            fixed = torch.load(os.path.join(folder, 'inputs.pth'))
-            method = _make_method()
-            initial = {name: value for name, value in method.state_dict().items()}
-            same_init = all(torch.equal(initial[name], value) for name, value in fixed['state'].items())
-            rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
-            loss, grads, outputs = _loss_and_grads(method, fixed['view1'][rows], fixed['view2'][rows])
-            for grad in grads.values():  # what DistributedDataParallel does: average the gradients over processes
-                dist.all_reduce(grad)
-                grad /= WORLD_SIZE
-            local_loss = nt_xent(outputs['z1'].detach(), outputs['z2'].detach(), TEMPERATURE)  # without the gather
-            torch.save(dict(loss=loss, grads=grads, local_loss=local_loss, same_init=same_init),
-                       os.path.join(folder, f'rank{rank}.pth'))
-        finally:
-            dist.destroy_process_group()
-    except BaseException:
-        with open(os.path.join(folder, f'rank{rank}.error'), 'w') as file: file.write(traceback.format_exc())
-        raise
-
-
-def _run_processes(init_method: str, folder) -> None:
-    context = mp.get_context('spawn')
-    processes = [context.Process(target=_worker, args=(rank, init_method, str(folder))) for rank in range(WORLD_SIZE)]
-    for process in processes: process.start()
-    for process in processes: process.join(JOIN_TIMEOUT_S)
-    hung = [p for p in processes if p.is_alive()]
-    for process in hung: process.terminate(); process.join(5)
-    errors = ''.join((folder / f'rank{r}.error').read_text() for r in range(WORLD_SIZE)
-                     if (folder / f'rank{r}.error').exists())
-    assert not hung, f'worker processes hung for {JOIN_TIMEOUT_S} s\n{errors}'
-    assert all(p.exitcode == 0 for p in processes), f'exit codes {[p.exitcode for p in processes]}\n{errors}'
+        fixed = torch.load(os.path.join(folder, 'inputs.pth'))
+        method = _make_method()
+        initial = {name: value for name, value in method.state_dict().items()}
+        same_init = all(torch.equal(initial[name], value) for name, value in fixed['state'].items())
+        rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
+        loss, grads, outputs = _loss_and_grads(method, fixed['view1'][rows], fixed['view2'][rows])
+        for grad in grads.values():  # what DistributedDataParallel does: average the gradients over processes
+            dist.all_reduce(grad)
+            grad /= WORLD_SIZE
+        local_loss = nt_xent(outputs['z1'].detach(), outputs['z2'].detach(), TEMPERATURE)  # without the gather
+        torch.save(dict(loss=loss, grads=grads, local_loss=local_loss, same_init=same_init),
+                   os.path.join(folder, f'rank{rank}.pth'))
+    finally:
+        dist.destroy_process_group()
 
 
 def test_two_process_simclr_equals_one_process_on_the_concatenated_batch(tmp_path):
@@ -85,7 +67,7 @@ def test_two_process_simclr_equals_one_process_on_the_concatenated_batch(tmp_pat
     torch.save(dict(view1=view1, view2=view2, state=method.state_dict()), tmp_path / 'inputs.pth')
 
     # a file:// rendezvous in tmp_path cannot collide with another run, unlike a TCP port
-    _run_processes((tmp_path / 'rendezvous').as_uri(), tmp_path)
+    run_processes(_worker, WORLD_SIZE, tmp_path, args=((tmp_path / 'rendezvous').as_uri(),), timeout=JOIN_TIMEOUT_S)
 
     expected_loss, expected_grads, _ = _loss_and_grads(method, view1, view2)  # one process, the whole batch
     assert all(g.abs().max() > 0 for g in expected_grads.values())
