@@ -438,7 +438,10 @@ def load_checkpoint(learn: Learner, path: Path) -> int:
         raise UsageError(f'checkpoint {path} was written for another method or architecture; '
                          'use another --out folder or delete it') from None
     if learn.opt is None: learn.create_opt()
-    learn.opt.load_state_dict(state['optimizer'])
+    try: learn.opt.load_state_dict(state['optimizer'])
+    except (ValueError, KeyError):  # other parameter groups: another optimiser, or an older version of the kit
+        raise UsageError(f'checkpoint {path} was written with other optimiser settings; use the same --lr/method options, '
+                         'another --out folder, or delete it') from None
     randomness = state['random']
     if 'processes' in randomness:
         randomness = randomness['processes'][rank() if rank() < len(randomness['processes']) else 0]

@@ -309,3 +309,27 @@ def test_the_knn_monitor_never_looks_at_the_test_split(data):  # defect 11
     assert flat(monitored.test.images) <= train and not flat(monitored.test.images) & test
     assert not flat(monitored.train.images) & flat(monitored.test.images)
     assert len(monitored.test) == len(data.train) // 10
+
+
+def test_a_checkpoint_with_other_optimiser_groups_is_one_line(data, tmp_path):
+    "An older checkpoint (one parameter group, before norms and biases lost their weight decay) is a UsageError."
+    path = tmp_path / 'checkpoint.pth'
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, checkpoint=path)
+    fit_ssl(learn, 1, lr=1e-3)
+    state = torch.load(path, weights_only=False)
+    groups = state['optimizer']['param_groups']
+    state['optimizer']['param_groups'] = [dict(groups[0], params=[i for g in groups for i in g['params']])]
+    torch.save(state, path)
+    fresh = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, checkpoint=path)
+    with pytest.raises(UsageError, match='other optimiser settings') as error: fit_ssl(fresh, 2, resume=path)
+    assert '\n' not in str(error.value)
+
+
+def test_get_device_picks_the_local_rank_gpu_under_torchrun(monkeypatch):
+    from sslcourse.core import get_device
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setenv('LOCAL_RANK', '3')
+    assert get_device('cuda') == torch.device('cuda', 3) and get_device(None) == torch.device('cuda', 3)
+    assert get_device('cuda:1') == torch.device('cuda', 1)       # an explicit index wins
+    monkeypatch.delenv('LOCAL_RANK')
+    assert get_device('cuda') == torch.device('cuda', 0)
