@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'byol_loss']
+__all__ = ['nt_xent', 'info_nce', 'nce_loss', 'byol_loss']
 
 # %% ../nbs/04_losses.ipynb #43f9bb47
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -26,15 +26,41 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 # %% ../nbs/04_losses.ipynb #73851693
 def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """InfoNCE (van den Oord et al. 2018, eq. 4; MoCo, He et al. 2020, eq. 1).
+    """InfoNCE (van den Oord et al. 2018, eq. 4; MoCo, He et al. 2020, eq. 1):
+    L = −log exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σₖ exp(q·kₖ/τ)), averaged over the queries.
 
-    query, key: (N, D), row i of `key` is the positive of row i of `query`; negatives: (K, D) shared by all queries.
-    All are L2-normalised here."""
-    query, key, negatives = (F.normalize(t.float(), dim=1) for t in (query, key, negatives))
+    query, key: (N, D), row i of `key` is the positive of row i of `query`; negatives: (K, D) shared by all queries
+    (a queue, a batch) or (N, K, D), K drawn for each query (a memory bank). All are L2-normalised here."""
+    query, key, negatives = (F.normalize(t.float(), dim=-1) for t in (query, key, negatives))
     positive = (query * key).sum(1, keepdim=True)                 # (N, 1)
-    negative = query @ negatives.T                                # (N, K)
+    if negatives.dim() == 2: negative = query @ negatives.T       # (N, K)
+    else: negative = torch.einsum('nd,nkd->nk', query, negatives)  # (N, K), each query its own negatives
     logits = torch.cat([positive, negative], 1) / temperature     # the positive is class 0
     return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
+
+# %% ../nbs/04_losses.ipynb #a4d47459
+def nce_loss(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float,
+             noise_probability: float, normaliser: torch.Tensor | float) -> torch.Tensor:
+    """Binary NCE as instance discrimination uses it (Wu et al. 2018, eqs. 3–6; Gutmann & Hyvärinen 2010).
+
+    The model's probability that memory entry v belongs to image i is P(i|v) = exp(v·f_i/τ) / Z. Each data sample (the
+    image's own entry, `key`) and each of the m noise samples (`negatives`, drawn with probability P_n = 1/n) is
+    classified as data or noise with h(i, v) = P(i|v) / (P(i|v) + m·P_n):
+    L = −log h(i, v_i) − Σⱼ log(1 − h(i, v_j)), averaged over the queries.
+
+    query, key: (N, D); negatives: (K, D) shared or (N, K, D) per query; `noise_probability` P_n; `normaliser` Z
+    (a scalar, estimated once from the data in NPID). All embeddings are L2-normalised here."""
+    query, key, negatives = (F.normalize(t.float(), dim=-1) for t in (query, key, negatives))
+    count = negatives.shape[-2]                                               # m
+    positive = (query * key).sum(1)                                           # (N,)
+    if negatives.dim() == 2: negative = query @ negatives.T                   # (N, K)
+    else: negative = torch.einsum('nd,nkd->nk', query, negatives)
+    noise = count * noise_probability                                         # m·P_n
+    p_positive = torch.exp(positive / temperature) / normaliser               # P(i|v_i)
+    p_negative = torch.exp(negative / temperature) / normaliser               # P(i|v_j)
+    data_term = torch.log(p_positive / (p_positive + noise))                  # log h(i, v_i)
+    noise_term = torch.log(noise / (p_negative + noise)).sum(1)               # Σ log(1 − h(i, v_j))
+    return -(data_term + noise_term).mean()
 
 # %% ../nbs/04_losses.ipynb #1732859b
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

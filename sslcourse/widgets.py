@@ -1,4 +1,4 @@
-"""ipywidgets front-ends for the kit: see what a view recipe does to your data while you move its sliders.
+"""ipywidgets front-ends for the kit: move a slider and see what a view recipe, a temperature, a pretext task's geometry or a method's hyperparameters do; train a method from a panel and stop it with a button.
 
 Docs: https://sslcourse.github.io/sslcourse/widgets.html.md"""
 
@@ -6,42 +6,777 @@ Docs: https://sslcourse.github.io/sslcourse/widgets.html.md"""
 
 # %% ../nbs/09_widgets.ipynb #e6ccf62d
 from __future__ import annotations
+import base64, functools, html, inspect, io, json, math, threading, time, weakref
+from dataclasses import dataclass, replace
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 import ipywidgets as widgets
-from IPython.display import display
+import matplotlib
 import matplotlib.pyplot as plt
-from .augment import ViewPipeline, show_views
-from .data import ImageData
+from matplotlib.figure import Figure
+from .core import IN_TEST, UsageError, budget, seed_everything
+from .data import ImageData, get_data
+from .augment import ViewPipeline, show_views, gaussian_blur, solarize
 
 # %% auto #0
-__all__ = ['render_views', 'view_explorer']
+__all__ = ['TEMPERATURES', 'LAYER_TRANSFER_RESULTS', 'PANEL_RUNS', 'METHOD_KNOBS', 'figure_bundle', 'show_figure', 'shown_png',
+           'label_width', 'figure_widget', 'jitter_strengths', 'ExplorerPipeline', 'render_views', 'view_explorer',
+           'temperature_batch', 'temperature_stats', 'render_temperature', 'temperature_explorer',
+           'read_layer_transfer', 'render_layer_transfer', 'layer_transfer_explorer', 'block_responses',
+           'channel_patches', 'render_channel', 'channel_picker', 'relpos_corners', 'render_relpos', 'relpos_explorer',
+           'hamming_curve', 'render_jigsaw', 'jigsaw_explorer', 'render_context_encoder', 'context_encoder_explorer',
+           'bin_counts', 'render_colorization', 'colorization_explorer', 'method_options', 'panel_data',
+           'PanelCallback', 'describe_settings', 'train_once', 'results_table', 'render_training', 'MethodPanel',
+           'method_panel']
+
+# %% ../nbs/09_widgets.ipynb #w9pat002
+def figure_bundle(figure: Figure, dpi: int = 80) -> dict:
+    "`figure` as one notebook output (a PNG in a display_data bundle); the figure is closed, so pyplot never shows it twice."
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=dpi)  # no bbox_inches='tight': it draws the figure twice
+    plt.close(figure)
+    title = figure._suptitle.get_text() if figure._suptitle is not None else ''
+    return dict(output_type='display_data', metadata={},
+                data={'image/png': base64.b64encode(buffer.getvalue()).decode('ascii'),
+                      'text/plain': f'<figure: {title}>' if title else '<figure>'})
+
+
+def show_figure(output: widgets.Output, figure: Figure) -> None:
+    """Make `output` show `figure` and nothing else. Assigning `outputs` works from any thread; `with output:` only
+    captures what the kernel's current message displays, which a background thread does not have."""
+    output.outputs = (figure_bundle(figure),)
+
+
+def shown_png(box: widgets.Widget) -> str:
+    "The base64 PNG that a widget of this module shows now (its `output`): what tests compare before and after a change."
+    outputs = box.output.outputs
+    return outputs[0]['data']['image/png'] if outputs else ''
+
+
+def label_width(controls, width: str = '110px'):
+    "Give the controls' descriptions room: ipywidgets cuts them to about 80 px by default."
+    for control in controls:
+        style = getattr(control, 'style', None)
+        if style is not None and style.has_trait('description_width'): style.description_width = width
+    return controls
+
+
+def figure_widget(render, controls: dict, **fixed) -> widgets.HBox:
+    """The pattern of every widget here: `render(**fixed, **{name: control.value})` returns a figure, and every
+    control's observer draws it again. `render` is a plain function, so tests and scripts call it without a browser.
+    The box keeps `controls`, `output`, `redraw` and the last `figure`."""
+    output = widgets.Output()
+    box = widgets.HBox([widgets.VBox(label_width(list(controls.values()))), output])
+    def redraw(change=None):
+        box.figure = render(**fixed, **{name: control.value for name, control in controls.items()})
+        show_figure(output, box.figure)
+    for control in controls.values(): control.observe(redraw, names='value')
+    box.controls, box.output, box.redraw = controls, output, redraw
+    redraw()
+    return box
 
 # %% ../nbs/09_widgets.ipynb #2d7ebab5
-def render_views(data: ImageData, n: int = 6, seed: int = 0, **recipe):
-    "The figure `view_explorer` draws for one setting of its controls."
-    min_scale = recipe.pop('min_scale', 0.2)
-    pipeline = ViewPipeline(data.size, data.mean, data.std, scale=(min_scale, 1.0), **recipe)
-    figure = show_views(data.train.images[:n], [pipeline, pipeline], n=n, seed=seed,
-                        title=f'two views per image, crop area ≥ {min_scale:.0%}')
+def jitter_strengths(strength: float = 0.5) -> dict:
+    """SimCLR's colour-jitter strength s (Chen et al. 2020, appendix A) as `ViewPipeline` fields: brightness, contrast
+    and saturation 0.8·s, hue 0.2·s (at most 0.5). s = 1 is SimCLR's ImageNet setting, s = 0.5 the kit's default."""
+    return dict(brightness=0.8 * strength, contrast=0.8 * strength, saturation=0.8 * strength,
+                hue=min(0.5, 0.2 * strength))
+
+
+@dataclass
+class ExplorerPipeline(ViewPipeline):
+    "A `ViewPipeline` whose blur draws sigma from `blur_sigma` (px of a 224-px image, scaled to the image's size)."
+    blur_sigma: tuple = (0.1, 2.0)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        plain = replace(self, blur=0.0, solarize=0.0, mean=(0.0,) * len(self.mean), std=(1.0,) * len(self.std))
+        x = ViewPipeline.__call__(plain, images, generator)   # crop, flip, jitter and grey, in [0, 1]
+        if self.blur: x = gaussian_blur(x, tuple(self.blur_sigma), p=self.blur, generator=generator)
+        if self.solarize: x = solarize(x, self.solarize, generator=generator)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def _explorer_images(data) -> tuple:
+    "(uint8 images, size, mean, std) of an `ImageData`'s training split, or of a uint8 tensor (N, C, H, W) of photographs."
+    if isinstance(data, ImageData): return data.train.images, data.size, data.mean, data.std
+    return data, min(data.shape[-2:]), (0.5,) * data.shape[1], (0.25,) * data.shape[1]
+
+
+def render_views(data: ImageData | torch.Tensor, n: int = 6, seed: int = 0, scale=(0.3, 1.0), ratio=(0.75, 1.33),
+                 flip: float = 0.5, strength: float = 0.5, jitter: float = 0.8, grayscale: float = 0.2,
+                 blur: float = 0.0, blur_sigma=(0.1, 2.0), solarize: float = 0.0, min_scale: float | None = None):
+    "The figure `view_explorer` draws for one setting of its controls: `n` images and two views of each."
+    if min_scale is not None: scale = (min_scale, 1.0)
+    images, size, mean, std = _explorer_images(data)
+    pipeline = ExplorerPipeline(size, mean, std, scale=tuple(scale), ratio=tuple(ratio), flip=flip, jitter=jitter,
+                                grayscale=grayscale, blur=blur, solarize=solarize, blur_sigma=tuple(blur_sigma),
+                                **jitter_strengths(strength))
+    n = min(n, len(images))
+    title = (f'crop area {scale[0]:.0%}–{scale[1]:.0%}, aspect ratio {ratio[0]:.2f}–{ratio[1]:.2f}, flip p {flip:.1f}\n'
+             f'jitter s = {strength:.2f} (p {jitter:.1f}), grey p {grayscale:.1f}, solarize p {solarize:.1f}\n'
+             f'blur σ {blur_sigma[0]:.1f}–{blur_sigma[1]:.1f} px at 224 px (p {blur:.1f})')
+    figure = show_views(images[:n], [pipeline, pipeline], n=n, seed=seed, title=title)
+    figure.suptitle(title, fontsize=8); figure.tight_layout()
     plt.close(figure)
     return figure
 
 
-def view_explorer(data: ImageData, n: int = 6) -> widgets.Widget:
-    "Sliders for a `ViewPipeline` and the views it makes of `n` training images."
+def view_explorer(data: ImageData | torch.Tensor, n: int = 6) -> widgets.HBox:
+    "Sliders for the strengths and probabilities of a view recipe, and two views of each of `n` training images."
+    images, size, *_ = _explorer_images(data)
+    def slider(value, high, step, description):
+        return widgets.FloatSlider(value, min=0, max=high, step=step, description=description)
     controls = dict(
-        min_scale=widgets.FloatSlider(0.3, min=0.05, max=1.0, step=0.05, description='min crop area'),
-        flip=widgets.FloatSlider(0.5, min=0, max=1, step=0.1, description='flip p'),
-        jitter=widgets.FloatSlider(0.8, min=0, max=1, step=0.1, description='jitter p'),
-        grayscale=widgets.FloatSlider(0.2 if data.channels == 3 else 0.0, min=0, max=1, step=0.1, description='grey p'),
-        blur=widgets.FloatSlider(0.0, min=0, max=1, step=0.1, description='blur p'),
-        solarize=widgets.FloatSlider(0.0, min=0, max=1, step=0.1, description='solarize p'),
+        scale=widgets.FloatRangeSlider(value=(0.3, 1.0), min=0.05, max=1.0, step=0.05, description='crop area'),
+        ratio=widgets.FloatRangeSlider(value=(0.75, 1.33), min=0.25, max=4.0, step=0.01, description='aspect ratio'),
+        flip=slider(0.5, 1, 0.1, 'flip p'),
+        strength=slider(0.5, 1.2, 0.05, 'jitter s'),
+        jitter=slider(0.8, 1, 0.1, 'jitter p'),
+        grayscale=slider(0.2 if images.shape[1] == 3 else 0.0, 1, 0.1, 'grey p'),
+        blur=slider(0.5 if size >= 64 else 0.0, 1, 0.1, 'blur p'),
+        blur_sigma=widgets.FloatRangeSlider(value=(0.1, 2.0), min=0.1, max=10.0, step=0.1, description='blur σ'),
+        solarize=slider(0.0, 1, 0.1, 'solarize p'),
         seed=widgets.IntSlider(0, min=0, max=100, description='seed'))
-    output = widgets.Output()
-    def update(change=None):
-        with output:
-            output.clear_output(wait=True)
-            values = {name: control.value for name, control in controls.items()}
-            display(render_views(data, n, **values))
-    for control in controls.values(): control.observe(update, names='value')
-    update()
-    return widgets.HBox([widgets.VBox(list(controls.values())), output])
+    return figure_widget(render_views, controls, data=data, n=n)
+
+# %% ../nbs/09_widgets.ipynb #w9tem002
+from .losses import nt_xent
+
+TEMPERATURES = np.logspace(-2, 1, 61)  # the τ axis of the loss curve
+
+
+def temperature_batch(n: int = 16, dim: int = 32, hard: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed toy batch for NT-Xent: `n` random unit vectors z1 and their positives z2 (cosine about 0.94). Images
+    1..`hard` lie close to image 0 (cosine about 0.8): with their positives, image 0's 2·`hard` hard negatives."""
+    generator = torch.Generator().manual_seed(seed)
+    def noise(count, norm): return norm * F.normalize(torch.randn(count, dim, generator=generator), dim=1)
+    z1 = F.normalize(torch.randn(n, dim, generator=generator), dim=1)
+    z1[1:hard + 1] = F.normalize(z1[0] + noise(hard, 0.75), dim=1)
+    z2 = F.normalize(z1 + noise(n, 0.35), dim=1)
+    return z1, z2
+
+
+def temperature_stats(z1: torch.Tensor, z2: torch.Tensor, temperature: float, anchor: int = 0) -> dict:
+    """NT-Xent's loss on the batch, and for one anchor every other embedding's cosine `similarity`, softmax
+    `probability` and gradient `weight` (p_k/τ for a negative, (p_+ − 1)/τ for the positive), plus each negative's
+    `share` of the negatives' total weight. `others` are the indices of the 2N − 1 candidates in cat([z1, z2])."""
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    others = torch.tensor([k for k in range(2 * n) if k != anchor])
+    similarity = z[others] @ z[anchor]
+    probability = torch.softmax(similarity / temperature, 0)
+    positive = others == (anchor + n) % (2 * n)
+    share = torch.where(positive, torch.zeros(()), probability / probability[~positive].sum())
+    return dict(loss=float(nt_xent(z1, z2, temperature)), others=others, similarity=similarity,
+                probability=probability, positive=positive, share=share,
+                weight=torch.where(positive, probability - 1, probability) / temperature)
+
+
+def render_temperature(temperature: float = 0.5, batch: tuple | None = None, hard: int = 3) -> Figure:
+    "(a) NT-Xent against τ, (b) anchor 0's softmax against similarity, (c) its negatives' shares of the gradient weight."
+    z1, z2 = batch if batch is not None else temperature_batch(hard=hard)
+    n, stats = len(z1), temperature_stats(z1, z2, temperature)
+    hard_ids = set(range(1, hard + 1)) | set(range(n + 1, n + hard + 1))
+    is_hard = np.array([int(k) in hard_ids for k in stats['others']])
+    similarity, probability = stats['similarity'].numpy(), stats['probability'].numpy()
+    positive = stats['positive'].numpy(); easy = ~positive & ~is_hard
+    figure = Figure(figsize=(13, 3.9), layout='constrained')
+    loss_ax, softmax_ax, weight_ax = figure.subplots(1, 3)
+    loss_ax.semilogx(TEMPERATURES, [float(nt_xent(z1, z2, t)) for t in TEMPERATURES], color='tab:blue')
+    loss_ax.axhline(math.log(2 * n - 1), linestyle=':', color='gray', label=f'log(2N − 1) = {math.log(2 * n - 1):.2f}')
+    loss_ax.plot([temperature], [stats['loss']], 'o', color='tab:red', label=f'τ = {temperature:.3g}')
+    loss_ax.set(xlabel='temperature τ', ylabel='NT-Xent loss (mean over 2N anchors)',
+                title=f"(a) loss {stats['loss']:.3f} at τ = {temperature:.3g}")
+    loss_ax.legend(fontsize=8)
+    shown = np.clip(probability, 1e-12, None)  # a log axis cannot show the 1e-30 of far negatives at small τ
+    softmax_ax.scatter(similarity[easy], shown[easy], s=16, color='gray', label='negatives')
+    softmax_ax.scatter(similarity[is_hard], shown[is_hard], s=26, color='tab:red', label='hard negatives')
+    softmax_ax.scatter(similarity[positive], shown[positive], s=90, marker='*', color='tab:green', label='positive')
+    entropy = float(-(probability * np.log(np.clip(probability, 1e-30, None))).sum())
+    softmax_ax.set_yscale('log'); softmax_ax.set_ylim(5e-13, 2)
+    softmax_ax.set(xlabel='cosine similarity to anchor 0', ylabel='softmax probability p_k',
+                   title=f'(b) p(positive) = {probability[positive][0]:.2f}, entropy {entropy:.2f} nats')
+    softmax_ax.legend(fontsize=8, loc='lower right')
+    order = np.argsort(-similarity[~positive])
+    share = stats['share'].numpy()[~positive][order]
+    weight_ax.bar(np.arange(len(share)), share, color=np.where(is_hard[~positive][order], 'tab:red', 'gray'))
+    weight_ax.axhline(1 / len(share), linestyle=':', color='black', label='τ → ∞: uniform')
+    weight_ax.set_ylim(0, 1)
+    weight_ax.set(xlabel='negatives, most similar first', ylabel='share of the gradient weight p_k / Σ p_neg',
+                  title=f'(c) the {2 * hard} most similar negatives carry {share[:2 * hard].sum():.0%}')
+    weight_ax.legend(fontsize=8)
+    figure.suptitle(f'NT-Xent at τ = {temperature:.3g}: a fixed batch of {n} pairs, {2 * n - 2} negatives per anchor, '
+                    f'{2 * hard} of them hard for anchor 0', fontsize=10)
+    return figure
+
+
+def temperature_explorer(batch: tuple | None = None, hard: int = 3) -> widgets.HBox:
+    "A log-scale τ slider (0.01–10) over `render_temperature`: the loss, one anchor's softmax and its gradient weights."
+    controls = dict(temperature=widgets.FloatLogSlider(0.5, base=10, min=-2, max=1, step=0.05, description='τ'))
+    return figure_widget(render_temperature, controls, batch=batch, hard=hard)
+
+# %% ../nbs/09_widgets.ipynb #w9lt002
+from .layer_transfer import ARMS, ARM_STYLES
+from .supervised import RESULTS_DIR
+
+LAYER_TRANSFER_RESULTS = RESULTS_DIR / 'layer_transfer.json'
+
+
+def read_layer_transfer(path: Path = LAYER_TRANSFER_RESULTS) -> dict:
+    "The stored full run of lesson 12 as {split: results}, in the format `layer_transfer_experiment` returns."
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f'no layer-transfer results at {path}; run nbs/12_layer_transfer.ipynb without IN_TEST')
+    return json.loads(path.read_text())['splits']
+
+
+def render_layer_transfer(results: dict, split: str = 'random', arms=ARMS, relative: bool = False) -> Figure:
+    "Accuracy on task B against n for the chosen `arms` of one split, mean ± std over seeds; `relative`: minus baseB, in points."
+    run = results[split]
+    base = np.array(run['base']['B'], dtype=float)
+    shift, scale = (base.mean(), 100.0) if relative else (0.0, 1.0)
+    figure = Figure(figsize=(7.5, 4.4), layout='constrained'); ax = figure.subplots()
+    ax.axhline((base.mean() - shift) * scale, color='black', linestyle='--', linewidth=1, label=f'baseB {base.mean():.3f}')
+    ax.axhspan((base.mean() - base.std() - shift) * scale, (base.mean() + base.std() - shift) * scale, color='black',
+               alpha=0.08)
+    for offset, arm in zip(np.linspace(-0.2, 0.2, len(ARMS)), ARMS):
+        if arm not in arms: continue
+        by_n = {int(n): np.array(values, dtype=float) for n, values in run['arms'][arm].items()}
+        ns = sorted(by_n)
+        ax.errorbar([n + offset for n in ns], [(by_n[n].mean() - shift) * scale for n in ns],
+                    [by_n[n].std() * scale for n in ns], capsize=3, linewidth=1.2, label=arm, **ARM_STYLES[arm])
+    ax.set_xticks(range(1, 8)); ax.set_xlim(0.5, 7.5); ax.grid(alpha=0.3)
+    ax.set_xlabel('n: layers copied from the base network (frozen; fine-tuned for +)')
+    ax.set_ylabel('accuracy on B − baseB (points)' if relative else 'test accuracy on task B')
+    chosen = ', '.join(arm for arm in ARMS if arm in arms) or 'no arm chosen'
+    ax.set_title(f"{split} split: {chosen}\nA = {', '.join(run['classes_A'])}; B = {', '.join(run['classes_B'])}",
+                 fontsize=9)
+    ax.legend(fontsize=8, ncol=3, loc='lower left')
+    return figure
+
+
+def layer_transfer_explorer(results: dict | None = None) -> widgets.HBox:
+    "A toggle for each arm and a split selector over `results` ({split: results}; default: the stored full run of lesson 12)."
+    results = results if results is not None else read_layer_transfer()
+    controls = dict(split=widgets.ToggleButtons(options=list(results), description='split'),
+                    relative=widgets.Checkbox(False, description='relative to baseB'),
+                    **{arm: widgets.ToggleButton(True, description=arm) for arm in ARMS})
+    def render(results, split, relative, **shown):
+        return render_layer_transfer(results, split, [arm for arm in ARMS if shown[arm]], relative)
+    return figure_widget(render, controls, results=results)
+
+# %% ../nbs/09_widgets.ipynb #w9ch002
+from .inspection import (BACKGROUND, network_input, block_outputs, receptive_box, mosaic,
+                                  class_activation_maps, _padded_crop, _display_image)
+
+
+@torch.no_grad()
+def block_responses(encoder: nn.Module, x: torch.Tensor, bs: int = 256) -> list[tuple]:
+    "For every block of `encoder`: each image's largest activation per channel (N, C), its flat position, and the map's width."
+    values, positions, widths = None, None, None
+    for start in range(0, len(x), bs):
+        outputs = [output.float().flatten(2).max(2) for output in block_outputs(encoder, x[start:start + bs])]
+        if values is None:
+            values, positions = [[found.values.cpu()] for found in outputs], [[found.indices.cpu()] for found in outputs]
+        else:
+            for block, found in enumerate(outputs):
+                values[block].append(found.values.cpu()); positions[block].append(found.indices.cpu())
+    widths = [output.shape[-1] for output in block_outputs(encoder, x[:1])]
+    return [(torch.cat(v), torch.cat(p), w) for v, p, w in zip(values, positions, widths)]
+
+
+def channel_patches(encoder: nn.Module, images: torch.Tensor, data: ImageData, block: int, channel: int,
+                    k: int = 9, size: int | None = None, cache: dict | None = None) -> dict:
+    """The `k` receptive-field crops of `images` (k, C, h, w) that excite `channel` of `block` most, with the indices
+    of their images and the field (h, w). `cache` (a dict kept between calls) holds the per-block responses."""
+    cache = {} if cache is None else cache
+    if 'x' not in cache: cache['x'] = network_input(images, data, size)
+    x = cache['x']
+    if 'responses' not in cache: cache['responses'] = block_responses(encoder, x)
+    values, positions, width = cache['responses'][block]
+    top = values[:, channel].topk(min(k, len(x)))
+    flat = positions[top.indices, channel]
+    boxes = cache.setdefault(('boxes', block), {})
+    def box(row, column):
+        if (row, column) not in boxes: boxes[row, column] = receptive_box(encoder, block, (row, column), x.shape[1:])
+        return boxes[row, column]
+    height = block_outputs(encoder, x[:1], last=block)[-1].shape[-2]
+    top_row, left, bottom, right = box(height // 2, width // 2)
+    field = (bottom - top_row, right - left)
+    crops = [_padded_crop(_display_image(images[image].cpu(), size), box(int(p) // width, int(p) % width), field)
+             for image, p in zip(top.indices.tolist(), flat.tolist())]
+    return dict(patches=torch.stack(crops), images=top.indices, values=top.values, field=field)
+
+
+def render_channel(encoder: nn.Module, images: torch.Tensor, data: ImageData, block: int = 0, channel: int = 0,
+                   k: int = 9, head: nn.Module | None = None, size: int | None = None, cache: dict | None = None,
+                   name: str = 'encoder') -> Figure:
+    "Top-k patches of one channel, where it fires in its best image, and (with a linear `head`) that image's CAM."
+    cache = {} if cache is None else cache
+    found = channel_patches(encoder, images, data, block, channel, k, size, cache)
+    x, best = cache['x'], int(found['images'][0])
+    figure = Figure(figsize=(3.3 * (3 if head is not None else 2), 3.6), layout='constrained')
+    axes = figure.subplots(1, 3 if head is not None else 2)
+    colours = plt.get_cmap('gray').with_extremes(bad=BACKGROUND)
+    axes[0].imshow(mosaic(found['patches']), cmap=colours, vmin=0, vmax=1, interpolation='nearest')
+    axes[0].set_title(f"top {len(found['patches'])} patches ({found['field'][0]}×{found['field'][1]} px field)", fontsize=9)
+    picture = _display_image(images[best].cpu(), size).permute(1, 2, 0).squeeze(-1).numpy()
+    activation = block_outputs(encoder, x[best:best + 1], last=block)[-1][:, channel:channel + 1].float().cpu()
+    activation = F.interpolate(activation, size=x.shape[-2:], mode='bilinear', align_corners=False)[0, 0].numpy()
+    axes[1].imshow(picture, cmap='gray'); axes[1].imshow(activation, cmap='magma', alpha=0.55)
+    axes[1].set_title(f'channel {channel} on its best image ({float(found["values"][0]):.2f})', fontsize=9)
+    if head is not None:
+        cam = class_activation_maps(encoder, head, x[best:best + 1])
+        upsampled = F.interpolate(cam['maps'][:, None].float().cpu(), size=x.shape[-2:], mode='bilinear',
+                                  align_corners=False)[0, 0].numpy()
+        axes[2].imshow(picture, cmap='gray'); axes[2].imshow(upsampled, cmap='jet', alpha=0.45)
+        predicted = int(cam['predictions'][0])
+        label = data.classes[predicted] if predicted < len(data.classes) else str(predicted)
+        axes[2].set_title(f"CAM of the prediction: {label} ({float(cam['probabilities'][0]):.0%})", fontsize=9)
+    for ax in axes: ax.set_xticks([]); ax.set_yticks([])
+    channels = cache['responses'][block][0].shape[1]
+    figure.suptitle(f'{name}: block {block}, channel {channel} of {channels}', fontsize=10)
+    return figure
+
+
+def channel_picker(networks: dict, images: torch.Tensor, data: ImageData, heads: dict | None = None, k: int = 9,
+                   size: int | None = None) -> widgets.HBox:
+    "Encoder dropdown, block and channel sliders over `render_channel`; `heads` ({name: linear head}) adds CAMs."
+    heads, caches = heads or {}, {name: {} for name in networks}
+    x = network_input(images[:1], data, size)
+    shapes = {name: [output.shape[1] for output in block_outputs(encoder, x)] for name, encoder in networks.items()}
+    encoder = widgets.Dropdown(options=list(networks), description='encoder')
+    block = widgets.IntSlider(0, min=0, max=len(shapes[encoder.value]) - 1, description='block')
+    channel = widgets.IntSlider(0, min=0, max=shapes[encoder.value][0] - 1, description='channel')
+    def limits(change=None):  # registered before the redraw, so it sees the new limits
+        block.max = len(shapes[encoder.value]) - 1
+        channel.max = shapes[encoder.value][block.value] - 1
+    encoder.observe(limits, names='value'); block.observe(limits, names='value')
+    def render(encoder, block, channel):
+        return render_channel(networks[encoder], images, data, block, channel, k, heads.get(encoder), size,
+                              caches[encoder], encoder)
+    return figure_widget(render, dict(encoder=encoder, block=block, channel=channel))
+
+# %% ../nbs/09_widgets.ipynb #w9pk002
+from .methods.relpos import NEIGHBOURS, relpos_geometry
+from .pretext import crop_patches, tile_board
+
+
+def relpos_corners(size: int, patch: int, gap: int, jitter: int, seed: int = 0) -> torch.Tensor:
+    """(top, left) of the centre patch and of its 8 neighbours (9, 2), placed as `patch_pairs` places a pair: the centre
+    moves by one jitter, each neighbour by another, and a neighbour pushed past the border is clamped back inside."""
+    generator = torch.Generator().manual_seed(seed)
+    def shake(count): return (torch.rand(count, 2, generator=generator) * (2 * jitter + 1)).long() - jitter
+    limit = torch.tensor([size - patch, size - patch])
+    centre = torch.minimum((torch.tensor([(size - patch) // 2] * 2) + shake(1)[0]).clamp(min=0), limit)
+    neighbours = torch.minimum((centre + torch.tensor(NEIGHBOURS) * (patch + gap) + shake(8)).clamp(min=0), limit)
+    return torch.cat([centre[None], neighbours])
+
+
+def render_relpos(image: torch.Tensor, patch: int = 8, gap: int = 2, jitter: int = 1, seed: int = 0) -> Figure:
+    "The centre patch and its 8 neighbours on `image` (uint8, C×H×W) for one patch size, gap and jitter, and the 9 cut patches."
+    size = image.shape[-1]
+    figure = Figure(figsize=(8, 4.2), layout='constrained'); where, cut = figure.subplots(1, 2)
+    picture = (image.float().cpu().permute(1, 2, 0).squeeze(-1) / 255).numpy()
+    where.imshow(picture, cmap='gray', vmin=0, vmax=1)
+    for ax in (where, cut): ax.set_xticks([]); ax.set_yticks([])
+    if 3 * patch + 2 * gap > size:
+        where.set_title(f'3 patches of {patch} px and 2 gaps of {gap} px\n= {3 * patch + 2 * gap} px do not fit in {size} px',
+                        color='tab:red', fontsize=9)
+        figure.suptitle('relative position: this geometry does not fit', fontsize=10)
+        return figure
+    corners = relpos_corners(size, patch, gap, jitter, seed)
+    for index, (top, left) in enumerate(corners.tolist()):
+        colour = 'tab:blue' if index == 0 else 'tab:orange'
+        where.add_patch(matplotlib.patches.Rectangle((left - 0.5, top - 0.5), patch, patch, fill=False, edgecolor=colour,
+                                                     linewidth=1.5))
+        if index: where.text(left, top + 1.5, str(index - 1), color=colour, fontsize=8, fontweight='bold')
+    offsets = corners[1:] - corners[0]
+    steps = torch.tensor(NEIGHBOURS)
+    gaps = [int(offsets[k][axis].abs()) - patch for k in range(8) for axis in (0, 1) if steps[k][axis] != 0]
+    tiles = crop_patches(image[None].cpu(), corners[None, :, 0], corners[None, :, 1], patch)[0]
+    cut.imshow(tile_board(tiles[[1, 2, 3, 4, 0, 5, 6, 7, 8]]).numpy(), cmap='gray', vmin=0, vmax=1)
+    cut.set_title('the 9 patches (centre in the middle)', fontsize=9)
+    where.set_title(f'gaps between neighbours and centre here: {min(gaps)}–{max(gaps)} px', fontsize=9)
+    figure.suptitle(f'patch {patch} px, gap {gap} px, jitter ±{jitter} px: two patches hold '
+                    f'{2 * patch ** 2 / size ** 2:.0%} of the {size}-px image', fontsize=10)
+    return figure
+
+
+def relpos_explorer(image: torch.Tensor) -> widgets.HBox:
+    "Patch, gap and jitter sliders (defaults `relpos_geometry`) over `render_relpos` for one uint8 image (C×H×W)."
+    size = image.shape[-1]; geometry = relpos_geometry(size)
+    controls = dict(patch=widgets.IntSlider(geometry['patch'], min=3, max=max(3, size // 3), description='patch'),
+                    gap=widgets.IntSlider(geometry['gap'], min=0, max=max(4, size // 7), description='gap'),
+                    jitter=widgets.IntSlider(geometry['jitter'], min=0, max=max(3, size // 9), description='jitter'),
+                    seed=widgets.IntSlider(0, min=0, max=50, description='seed'))
+    return figure_widget(render_relpos, controls, image=image)
+
+# %% ../nbs/09_widgets.ipynb #w9pk003
+from .pretext import hamming_permutations, hamming_distances, jigsaw_tiles, shuffle_tiles
+
+
+@functools.lru_cache(maxsize=4)
+def hamming_curve(max_permutations: int = 1000, tiles: int = 9) -> dict:
+    """The minimum and mean pairwise Hamming distance of the first P permutations of the greedy maximal-distance set,
+    for P = 2..`max_permutations`: the set for P is the first P rows of the set for any larger size."""
+    permutations = hamming_permutations(max_permutations, tiles)
+    distances = hamming_distances(permutations, permutations).double()
+    earlier = torch.triu(torch.full_like(distances, float('inf')))   # masks j >= i: row i against the rows before it
+    added_minimum = (distances + earlier).min(1).values               # what permutation i adds (inf for the first)
+    added_sum = torch.tril(distances, diagonal=-1).sum(1)
+    count = torch.arange(1, max_permutations + 1, dtype=torch.float64)
+    minimum = torch.cummin(added_minimum, 0).values
+    mean = torch.cumsum(added_sum, 0) / (count * (count - 1) / 2).clamp(min=1)
+    return dict(permutations=permutations, count=count[1:].long().numpy(), minimum=minimum[1:].numpy(),
+                mean=mean[1:].numpy())
+
+
+def render_jigsaw(image: torch.Tensor, permutations: int = 100, index: int = 0, max_permutations: int = 1000,
+                  seed: int = 0) -> Figure:
+    "Minimum and mean Hamming distance against the set size P, and `image`'s tiles shuffled by permutation `index` of the set."
+    curve = hamming_curve(max_permutations)
+    count = min(permutations, max_permutations); index = min(index, count - 1)
+    chosen = curve['permutations'][:count]
+    minimum, mean = curve['minimum'][count - 2], curve['mean'][count - 2]
+    figure = Figure(figsize=(11, 3.8), layout='constrained')
+    curve_ax, tiles_ax, shuffled_ax = figure.subplots(1, 3, width_ratios=[1.6, 1, 1])
+    curve_ax.semilogx(curve['count'], curve['minimum'], color='tab:red', label='minimum distance')
+    curve_ax.semilogx(curve['count'], curve['mean'], color='tab:blue', label='mean distance')
+    curve_ax.axhline(8, linestyle=':', color='gray', label='mean of random permutations (8)')
+    curve_ax.axvline(count, color='black', linewidth=1)
+    curve_ax.set(xlabel='permutations in the set, P', ylabel='Hamming distance (of 9 positions)', ylim=(0, 9.5),
+                 title=f'P = {count}: minimum {int(minimum)}, mean {mean:.2f}')
+    curve_ax.legend(fontsize=8, loc='lower left')
+    tiles = jigsaw_tiles(image[None].cpu(), 3, generator=torch.Generator().manual_seed(seed))
+    shuffled = shuffle_tiles(tiles, chosen, torch.tensor([index]))
+    tiles_ax.imshow(tile_board(tiles[0]).numpy(), cmap='gray', vmin=0, vmax=1); tiles_ax.set_title('tiles in reading order', fontsize=9)
+    shuffled_ax.imshow(tile_board(shuffled[0]).numpy(), cmap='gray', vmin=0, vmax=1)
+    shuffled_ax.set_title(f"permutation {index}: {' '.join(str(int(v)) for v in chosen[index])}", fontsize=9)
+    for ax in (tiles_ax, shuffled_ax): ax.set_xticks([]); ax.set_yticks([])
+    figure.suptitle(f'jigsaw: a set of {count} permutations of 9 tiles chosen for maximal Hamming distance', fontsize=10)
+    return figure
+
+
+def jigsaw_explorer(image: torch.Tensor, max_permutations: int = 1000) -> widgets.HBox:
+    "Set size P, permutation and seed over `render_jigsaw`; the first call searches `max_permutations` (1,000: about 6 s)."
+    hamming_curve(max_permutations)  # the one slow step, before any control exists
+    options = [p for p in (2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000) if p < max_permutations] + [max_permutations]
+    permutations = widgets.SelectionSlider(options=options, value=100 if 100 in options else options[-1],
+                                           description='permutations')
+    index = widgets.IntSlider(0, min=0, max=permutations.value - 1, description='permutation')
+    permutations.observe(lambda change: setattr(index, 'max', change['new'] - 1), names='value')
+    controls = dict(permutations=permutations, index=index, seed=widgets.IntSlider(0, min=0, max=50, description='seed'))
+    return figure_widget(render_jigsaw, controls, image=image, max_permutations=max_permutations)
+
+# %% ../nbs/09_widgets.ipynb #w9pk004
+from .methods.context_encoder import center_mask, block_mask, overlap_weights
+
+
+def render_context_encoder(data: ImageData, n: int = 6, hole: float = 0.5, mask: str = 'center', blocks: int = 4,
+                           block: float = 0.25, overlap: int | None = None, seed: int = 0) -> Figure:
+    "`n` training images, their masked inputs (the hole holds the mean colour) and the loss weights, for one mask setting."
+    images, size = data.train.images[:n].cpu(), data.size
+    overlap = max(1, round(size * 4 / 128)) if overlap is None else overlap   # as `ContextEncoder`
+    masks = (center_mask(len(images), size, hole) if mask == 'center' else
+             block_mask(len(images), size, blocks, block, generator=torch.Generator().manual_seed(seed)))
+    x = images.float() / 255
+    masked = x * (1 - masks) + torch.tensor(data.mean).view(1, -1, 1, 1) * masks
+    weights = overlap_weights(masks, overlap)
+    figure = Figure(figsize=(1.3 * len(images), 4.3), layout='constrained')
+    axes = figure.subplots(3, len(images), squeeze=False)
+    for column in range(len(images)):
+        for row, (picture, options) in enumerate(((x, dict(vmin=0, vmax=1)), (masked, dict(vmin=0, vmax=1)),
+                                                  (weights, dict(vmin=0, vmax=10, cmap='viridis')))):
+            shown = picture[column].permute(1, 2, 0).squeeze(-1).numpy()
+            axes[row, column].imshow(shown, **{'cmap': 'gray', **options}); axes[row, column].set_xticks([]); axes[row, column].set_yticks([])
+    for row, name in enumerate(('image', 'input', 'loss weight')): axes[row, 0].set_ylabel(name, fontsize=9)
+    side = max(1, round(hole * size))
+    shape = f'a {side}×{side}-px hole' if mask == 'center' else f'{blocks} blocks of {max(1, round(block * size))} px'
+    figure.suptitle(f'{shape}: {float(masks.mean()):.0%} of the pixels hidden; the loss counts them ×1 and a '
+                    f'{overlap}-px border ×10', fontsize=10)
+    return figure
+
+
+def context_encoder_explorer(data: ImageData, n: int = 6) -> widgets.HBox:
+    "Hole size, mask kind and block settings over `render_context_encoder`."
+    controls = dict(hole=widgets.FloatSlider(0.5, min=0.1, max=0.9, step=0.05, description='hole'),
+                    mask=widgets.ToggleButtons(options=['center', 'blocks'], description='mask'),
+                    blocks=widgets.IntSlider(4, min=1, max=8, description='blocks'),
+                    block=widgets.FloatSlider(0.25, min=0.1, max=0.5, step=0.05, description='block side'),
+                    seed=widgets.IntSlider(0, min=0, max=50, description='seed'))
+    return figure_widget(render_context_encoder, controls, data=data, n=n)
+
+# %% ../nbs/09_widgets.ipynb #w9pk005
+from .color import rgb_to_lab, lab_to_rgb, annealed_mean, rebalancing_weights, nearest_bin
+
+
+def bin_counts(images: torch.Tensor, centers: torch.Tensor, output_size: int = 8) -> torch.Tensor:
+    "How many output cells of uint8 RGB `images` have each ab bin as their nearest: a histogram like `Colorization.counts`."
+    ab = F.adaptive_avg_pool2d(rgb_to_lab(images.float().cpu() / 255)[:, 1:], output_size)
+    return torch.bincount(nearest_bin(ab, centers.cpu()).flatten(), minlength=len(centers)).float()
+
+
+def render_colorization(images: torch.Tensor, logits: torch.Tensor, centers: torch.Tensor, counts: torch.Tensor,
+                        smoothing: torch.Tensor, temperature: float = 0.38, rebalance: float = 0.5) -> Figure:
+    """`images` (uint8 RGB) recoloured from bin `logits` (N, Q, h, w) by the annealed mean at `temperature`, beside
+    the grey input and the truth; and the class-rebalancing weights of bins with `counts` at mix λ = `rebalance`."""
+    lab = rgb_to_lab(images.float().cpu() / 255)
+    ab = F.interpolate(annealed_mean(logits.cpu(), centers.cpu(), temperature), size=images.shape[-2:], mode='bilinear',
+                       align_corners=False)
+    rows = {'grey input': lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(ab)], 1)),
+            f'T = {temperature:.2f}': lab_to_rgb(torch.cat([lab[:, :1], ab], 1)), 'truth': images.float().cpu() / 255}
+    counts, smoothing = counts.float().cpu(), smoothing.float().cpu()
+    weights = rebalancing_weights(counts, smoothing, rebalance)
+    smoothed = (counts / counts.sum().clamp(min=1e-12)) @ smoothing
+    figure = Figure(figsize=(1.1 * len(images) + 4.6, 3.8), layout='constrained')
+    left, right = figure.subfigures(1, 2, width_ratios=[1.1 * len(images), 4.6])
+    axes = left.subplots(3, len(images), squeeze=False)
+    for row, (name, pictures) in enumerate(rows.items()):
+        for column in range(len(images)):
+            axes[row, column].imshow(pictures[column].permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[row, column].set_xticks([]); axes[row, column].set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    chroma, true_chroma = float(ab.norm(dim=1).mean()), float(lab[:, 1:].norm(dim=1).mean())
+    left.suptitle(f'annealed mean at T = {temperature:.2f}: mean chroma {chroma:.1f} (truth {true_chroma:.1f})', fontsize=9)
+    ax = right.subplots()
+    bin_colours = lab_to_rgb(torch.cat([torch.full((1, 1, len(centers)), 65.0), centers.cpu().T[None]], 1)[..., None])
+    floor = 1e-7  # bins far from every colour in the data get a p̃ of 1e-40: drawn at the left edge
+    ax.scatter(smoothed.clamp(min=floor).numpy(), weights.numpy(), s=10, c=bin_colours[0, :, :, 0].T.numpy())
+    ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlim(floor / 2, 1)
+    ax.set(xlabel=f'smoothed share of the bin in the data, p̃ (≤ {floor:g} at the left edge)', ylabel='loss weight w',
+           title=f'λ = {rebalance:.2f}: weights span {float(weights.max() / weights.min()):.1f}×')
+    figure.suptitle('colorisation: decoding temperature and class rebalancing', fontsize=10)
+    return figure
+
+
+@torch.no_grad()
+def colorization_explorer(method: nn.Module, images: torch.Tensor) -> widgets.HBox:
+    """T and λ sliders over `render_colorization` for a `Colorization` method and uint8 RGB `images`: the method
+    predicts once; the weights use its running histogram (or the images' own bins while it is empty)."""
+    was_training = method.training; method.eval()
+    device = method.centers.device
+    grey, _ = method.split_lab(images.to(device).float() / 255)
+    logits = method.predict(grey)[1].float().cpu()
+    method.train(was_training)
+    counts = method.counts.cpu() if float(method.counts.sum()) > 0 else bin_counts(images, method.centers, method.output_size)
+    controls = dict(temperature=widgets.FloatLogSlider(method.temperature, base=10, min=-2, max=0, step=0.05,
+                                                       description='T'),
+                    rebalance=widgets.FloatSlider(method.rebalance, min=0.05, max=1.0, step=0.05, description='λ'))
+    return figure_widget(render_colorization, controls, images=images.cpu(), logits=logits, centers=method.centers.cpu(),
+                         counts=counts, smoothing=method.smoothing.cpu())
+
+# %% ../nbs/09_widgets.ipynb #w9mp002
+from fastai.callback.core import Callback, CancelFitException
+from .learner import ssl_learner, fit_ssl, list_methods, get_method, TrainingDiverged
+
+PANEL_RUNS: list[dict] = []   # one row per finished or stopped run of any method panel, kept while the kernel runs
+
+METHOD_KNOBS = {  # constructor options the panel offers a control for, when a method's constructor takes them
+    'temperature': lambda value: widgets.FloatLogSlider(value, base=10, min=-2, max=1, step=0.05,
+                                                        description='temperature'),
+    'base_momentum': lambda value: widgets.FloatSlider(value, min=0.9, max=0.999, step=0.001, readout_format='.3f',
+                                                       description='EMA base'),
+    'hole': lambda value: widgets.FloatSlider(value, min=0.1, max=0.9, step=0.05, description='hole'),
+    'permutations': lambda value: widgets.IntSlider(value, min=2, max=200, description='permutations'),
+}
+
+
+def method_options(name: str) -> dict:
+    "The hyperparameters of method `name` that the panel offers ({option: default}): those in `METHOD_KNOBS` its constructor takes."
+    parameters = inspect.signature(get_method(name).__init__).parameters
+    return {option: parameters[option].default for option in METHOD_KNOBS if option in parameters}
+
+
+def panel_data(limit: int | None = None) -> ImageData:
+    "The panel's default data: the embedded Fashion-MNIST, `limit` images per class (100; 20 under IN_TEST)."
+    return get_data('fashion_mnist_small', limit=limit or budget(100, 20))
+
+
+class PanelCallback(Callback):
+    "The method panel inside `fit`: a progress bar per step, a report per epoch, and the stop event checked before each batch."
+    order = 90  # after the kNN monitor (80) has scored the epoch
+    def __init__(self, bar: widgets.IntProgress | None = None, epoch_end=None, stop_event: threading.Event | None = None):
+        self.bar, self.epoch_end = bar, epoch_end
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
+        self.history, self.cancelled, self.steps = [], False, 0
+    def before_fit(self):
+        self.history, self.cancelled, self.steps = [], False, 0
+        if self.bar is not None: self.bar.max, self.bar.value = max(1, self.n_epoch * len(self.dls.train)), 0
+    def before_epoch(self): self.total, self.count = 0.0, 0
+    def before_batch(self):
+        if self.stop_event.is_set(): raise CancelFitException()  # fastai ends the fit: after_cancel_fit, after_fit
+    def after_batch(self):
+        if not self.training: return
+        self.total += float(self.learn.loss.detach()); self.count += 1; self.steps += 1  # host sync: the panel trains small runs
+        if self.bar is not None: self.bar.value = self.steps
+    def after_epoch(self):
+        knn = dict(getattr(getattr(self.learn, 'knn_monitor', None), 'history', [])).get(self.epoch + 1)
+        self.history.append(dict(epoch=self.epoch + 1, loss=self.total / max(1, self.count), knn=knn))
+        if self.epoch_end is not None: self.epoch_end(self.history)
+    def after_cancel_fit(self):
+        self.cancelled = True
+        if self.count:  # the part of an epoch trained before the stop
+            self.history.append(dict(epoch=self.epoch + self.count / len(self.dls.train), loss=self.total / self.count,
+                                     knn=None))
+
+
+def describe_settings(settings: dict) -> str:
+    "One line of a run's settings for the comparison table."
+    options = ''.join(f', {name} {value:.3g}' for name, value in settings.get('options', {}).items())
+    lr = f"{settings['lr']:.1e}" if settings.get('lr') else 'default'
+    return f"bs {settings['bs']}, lr {lr}{options}"
+
+
+def train_once(settings: dict, data: ImageData | None = None, callback: PanelCallback | None = None) -> dict:
+    """One run of the method panel, synchronously: build the learner for `settings` (method, epochs, bs, lr, options,
+    seed, device), fit it, and add its row to `PANEL_RUNS`. A stopped run keeps what it trained and says so."""
+    settings = {**dict(method='simclr', epochs=1, bs=budget(128, 64), lr=None, options={}, seed=0, device=None),
+                **settings}
+    data = data if data is not None else panel_data()
+    callback = callback if callback is not None else PanelCallback()
+    start = time.perf_counter()
+    seed_everything(settings['seed'])
+    learn = ssl_learner(settings['method'], data, bs=settings['bs'], device=settings['device'], progress='none',
+                        knn_every=1, probe=False, seed=settings['seed'], cbs=[callback], **settings['options'])
+    status = 'done'
+    try: fit_ssl(learn, settings['epochs'], settings['lr'])
+    except TrainingDiverged: status = 'diverged'
+    if callback.cancelled and status == 'done': status = 'stopped'
+    history = callback.history
+    knn = [row['knn'] for row in history if row['knn'] is not None]
+    row = dict(run=len(PANEL_RUNS) + 1, method=settings['method'], settings=describe_settings(settings),
+               epochs=round(history[-1]['epoch'], 2) if history else 0, of=settings['epochs'],
+               loss=history[-1]['loss'] if history else float('nan'), knn=knn[-1] if knn else None,
+               seconds=round(time.perf_counter() - start, 1), status=status, history=history)
+    PANEL_RUNS.append(row)
+    return row
+
+
+def results_table(rows: list | None = None) -> str:
+    "The comparison table as HTML: a header row, then one row per run (default: `PANEL_RUNS`)."
+    rows = PANEL_RUNS if rows is None else rows
+    cells = lambda values, tag: '<tr>' + ''.join(f'<{tag} style="padding:2px 8px">{value}</{tag}>' for value in values) + '</tr>'
+    header = cells(['#', 'method', 'settings', 'epochs', 'final loss', 'kNN', 'seconds', 'status'], 'th')
+    body = ''.join(cells([row['run'], html.escape(row['method']), html.escape(row['settings']),
+                          f"{row['epochs']:g} of {row['of']}", f"{row['loss']:.4f}",
+                          '–' if row['knn'] is None else f"{row['knn']:.1%}", row['seconds'], row['status']], 'td')
+                   for row in rows)
+    note = '' if rows else '<p>No runs yet: press <b>train</b>.</p>'
+    return f'<table>{header}{body}</table>{note}'
+
+
+def render_training(history: list, title: str = 'training') -> Figure:
+    "The panel's live plot: mean training loss (left axis) and kNN accuracy (right axis) per epoch of one run."
+    figure = Figure(figsize=(5.6, 3.3), layout='constrained'); ax = figure.subplots()
+    ax.plot([row['epoch'] for row in history], [row['loss'] for row in history], 'o-', color='tab:blue',
+            label='loss (mean over the epoch)')
+    ax.set_xlabel('epoch'); ax.set_ylabel('training loss', color='tab:blue')
+    right = ax.twinx()
+    knn = [(row['epoch'], row['knn']) for row in history if row['knn'] is not None]
+    if knn: right.plot(*zip(*knn), 's-', color='tab:orange', label='kNN accuracy (validation)')
+    right.set_ylabel('kNN accuracy', color='tab:orange')
+    right.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    if not history: ax.text(0.5, 0.5, 'no epoch yet', ha='center', va='center', transform=ax.transAxes, color='gray')
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    if handles: ax.legend(handles, [handle.get_label() for handle in handles], fontsize=8, loc='upper right')
+    ax.set_title(title, fontsize=9)
+    return figure
+
+# %% ../nbs/09_widgets.ipynb #w9mp003
+_PANELS = weakref.WeakSet()  # every panel's table shows all runs
+
+
+class MethodPanel(widgets.VBox):
+    "Choose a method and its hyperparameters, train it in a background thread with live progress, stop it, compare runs."
+    def __init__(self, data: ImageData | None = None, methods: list | None = None, device=None, **kwargs):
+        self.data, self.device = (data if data is not None else panel_data()), device
+        names = list(methods or list_methods())
+        first = names[0] if methods else ('simclr' if 'simclr' in names else names[0])
+        self.method = widgets.Dropdown(options=names, value=first, description='method')
+        self.epochs = widgets.IntSlider(budget(5, 1), min=1, max=50, description='epochs')
+        sizes = [bs for bs in (32, 64, 128, 256, 512) if bs <= 0.9 * len(self.data.train)] or [16]
+        self.bs = widgets.Dropdown(options=sizes, value=min(sizes, key=lambda bs: abs(bs - budget(128, 64))),
+                                   description='batch size')
+        self.lr = widgets.FloatLogSlider(2e-3, base=10, min=-5, max=-1, step=0.1, readout_format='.1e', description='lr')
+        self.options, self.knobs = widgets.VBox(), {}
+        self.train_button = widgets.Button(description='train', button_style='success', icon='play',
+                                           tooltip='train in a background thread')
+        self.stop_button = widgets.Button(description='stop', button_style='danger', icon='stop', disabled=True,
+                                          tooltip='end the fit at the next batch')
+        self.progress = widgets.IntProgress(0, min=0, max=1, description='steps')
+        self.status = widgets.HTML('ready')
+        self.plot = widgets.Output()
+        self.table = widgets.HTML(results_table())
+        self.table.add_class('sslcourse-results')
+        self.stop_event, self.thread, self.error = threading.Event(), None, None
+        self.method.observe(self._method_changed, names='value'); self._method_changed()
+        self.train_button.on_click(lambda button: self.train())
+        self.stop_button.on_click(lambda button: self.stop())
+        label_width([self.method, self.epochs, self.bs, self.lr, self.progress])
+        controls = widgets.VBox([self.method, self.epochs, self.bs, self.lr, self.options,
+                                 widgets.HBox([self.train_button, self.stop_button]), self.progress, self.status])
+        super().__init__([widgets.HBox([controls, self.plot]), self.table], **kwargs)
+        self.add_class('sslcourse-method-panel')
+        show_figure(self.plot, render_training([], 'press train'))
+        _PANELS.add(self)
+
+    @property
+    def output(self) -> widgets.Output: return self.plot  # what `shown_png` reads
+
+    @property
+    def running(self) -> bool: return self.thread is not None and self.thread.is_alive()
+
+    def _method_changed(self, change=None):
+        self.lr.value = get_method(self.method.value).lr
+        self.knobs = {name: METHOD_KNOBS[name](default) for name, default in method_options(self.method.value).items()}
+        self.options.children = label_width(list(self.knobs.values()))
+
+    def settings(self) -> dict:
+        "The run the controls describe, as `train_once` takes it."
+        return dict(method=self.method.value, epochs=self.epochs.value, bs=self.bs.value, lr=self.lr.value,
+                    options={name: control.value for name, control in self.knobs.items()}, seed=0, device=self.device)
+
+    def train(self, wait: bool = False) -> threading.Thread:
+        "Train with the current settings in a background thread, so the kernel still hears the stop button; `wait` joins it."
+        if self.running: return self.thread
+        settings = self.settings()
+        self.stop_event.clear(); self.error = None
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.status.value = f"training {settings['method']} ({html.escape(describe_settings(settings))})…"
+        title = f"{settings['method']}: {describe_settings(settings)}"
+        callback = PanelCallback(self.progress, lambda history: show_figure(self.plot, render_training(history, title)),
+                                 self.stop_event)
+        self.thread = threading.Thread(target=self._run, args=(settings, callback), daemon=True, name='method-panel')
+        self.thread.start()
+        if wait: self.thread.join()
+        return self.thread
+
+    def stop(self):
+        "Ask the running fit to end before its next batch (`PanelCallback` raises fastai's `CancelFitException`)."
+        self.stop_event.set()
+        if self.running: self.status.value = 'stopping at the next batch…'
+
+    def _run(self, settings: dict, callback: PanelCallback):
+        try:
+            row = train_once(settings, self.data, callback)
+            knn = '' if row['knn'] is None else f", kNN {row['knn']:.1%}"
+            self.status.value = (f"{row['method']}: {row['status']} after {row['epochs']:g} of {row['of']} epochs, "
+                                 f"loss {row['loss']:.4f}{knn}, {row['seconds']} s")
+        except Exception as error:  # shown in the panel: an exception in a thread would otherwise go unseen
+            self.error = error
+            self.status.value = f'<span style="color:#b00020">{type(error).__name__}: {html.escape(str(error))}</span>'
+        finally:
+            for panel in list(_PANELS): panel.table.value = results_table()
+            self.train_button.disabled, self.stop_button.disabled = False, True
+
+
+def method_panel(data: ImageData | None = None, methods: list | None = None, device=None) -> MethodPanel:
+    """The method panel (a widget): a method (the first of `methods`, or SimCLR), its hyperparameters, train and stop
+    buttons, a live plot of loss and kNN, and the comparison table of every run."""
+    return MethodPanel(data, methods, device)
