@@ -149,6 +149,7 @@ class ViewPipeline:
     blur: float = 0.0
     solarize: float = 0.0
     antialias: bool = True         # prefilter crops that are shrunk (see `apply_affine`)
+    blur_sigma: tuple = (0.1, 2.0)  # σ range in px of a 224-px image, scaled to the image's size
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images
@@ -156,7 +157,7 @@ class ViewPipeline:
         x = apply_affine(x, theta, self.size, self.antialias)
         if self.jitter: x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue, self.jitter, generator)
         if self.grayscale: x = random_grayscale(x, self.grayscale, generator)
-        if self.blur: x = gaussian_blur(x, p=self.blur, generator=generator)
+        if self.blur: x = gaussian_blur(x, tuple(self.blur_sigma), p=self.blur, generator=generator)
         if self.solarize: x = solarize(x, self.solarize, generator=generator)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)

@@ -562,6 +562,7 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     learn = Learner(dls, model, loss_func=loss_func or method.loss, opt_func=opt_func, lr=method.lr,
                     splitter=lambda model: optimizer_groups(method), cbs=callbacks + list(cbs or []))
     learn.recorder.smooth_loss = DeviceSmoothLoss()
+    learn.recorder.valid_metrics = False  # no validation pass: the progress table shows epoch, train_loss, time
     learn.remove_cb(ProgressCallback)
     if progress == 'bar' and is_main(): learn.add_cb(QuietProgress())
     else: learn.logger = lambda *args: None

@@ -7,7 +7,6 @@ Docs: https://sslcourse.github.io/sslcourse/widgets.html.md"""
 # %% ../nbs/09_widgets.ipynb #e6ccf62d
 from __future__ import annotations
 import base64, functools, html, inspect, io, json, math, threading, time, weakref
-from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,18 +18,17 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from .core import IN_TEST, UsageError, budget, seed_everything
 from .data import ImageData, get_data
-from .augment import ViewPipeline, show_views, gaussian_blur, solarize
+from .augment import ViewPipeline, show_views
 
 # %% auto #0
 __all__ = ['TEMPERATURES', 'LAYER_TRANSFER_RESULTS', 'PANEL_RUNS', 'METHOD_KNOBS', 'figure_bundle', 'show_figure', 'shown_png',
-           'label_width', 'figure_widget', 'jitter_strengths', 'ExplorerPipeline', 'render_views', 'view_explorer',
-           'temperature_batch', 'temperature_stats', 'render_temperature', 'temperature_explorer',
-           'read_layer_transfer', 'render_layer_transfer', 'layer_transfer_explorer', 'block_responses',
-           'channel_patches', 'render_channel', 'channel_picker', 'relpos_corners', 'render_relpos', 'relpos_explorer',
-           'hamming_curve', 'render_jigsaw', 'jigsaw_explorer', 'render_context_encoder', 'context_encoder_explorer',
-           'bin_counts', 'render_colorization', 'colorization_explorer', 'method_options', 'panel_data',
-           'PanelCallback', 'describe_settings', 'train_once', 'results_table', 'render_training', 'MethodPanel',
-           'method_panel']
+           'label_width', 'figure_widget', 'jitter_strengths', 'render_views', 'view_explorer', 'temperature_batch',
+           'temperature_stats', 'render_temperature', 'temperature_explorer', 'read_layer_transfer',
+           'render_layer_transfer', 'layer_transfer_explorer', 'block_responses', 'channel_patches', 'render_channel',
+           'channel_picker', 'relpos_corners', 'render_relpos', 'relpos_explorer', 'hamming_curve', 'render_jigsaw',
+           'jigsaw_explorer', 'render_context_encoder', 'context_encoder_explorer', 'bin_counts', 'render_colorization',
+           'colorization_explorer', 'method_options', 'panel_data', 'PanelCallback', 'describe_settings', 'train_once',
+           'results_table', 'render_training', 'MethodPanel', 'method_panel']
 
 # %% ../nbs/09_widgets.ipynb #w9pat002
 def figure_bundle(figure: Figure, dpi: int = 80) -> dict:
@@ -86,21 +84,6 @@ def jitter_strengths(strength: float = 0.5) -> dict:
                 hue=min(0.5, 0.2 * strength))
 
 
-@dataclass
-class ExplorerPipeline(ViewPipeline):
-    "A `ViewPipeline` whose blur draws sigma from `blur_sigma` (px of a 224-px image, scaled to the image's size)."
-    blur_sigma: tuple = (0.1, 2.0)
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        plain = replace(self, blur=0.0, solarize=0.0, mean=(0.0,) * len(self.mean), std=(1.0,) * len(self.std))
-        x = ViewPipeline.__call__(plain, images, generator)   # crop, flip, jitter and grey, in [0, 1]
-        if self.blur: x = gaussian_blur(x, tuple(self.blur_sigma), p=self.blur, generator=generator)
-        if self.solarize: x = solarize(x, self.solarize, generator=generator)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-
 def _explorer_images(data) -> tuple:
     "(uint8 images, size, mean, std) of an `ImageData`'s training split, or of a uint8 tensor (N, C, H, W) of photographs."
     if isinstance(data, ImageData): return data.train.images, data.size, data.mean, data.std
@@ -113,7 +96,7 @@ def render_views(data: ImageData | torch.Tensor, n: int = 6, seed: int = 0, scal
     "The figure `view_explorer` draws for one setting of its controls: `n` images and two views of each."
     if min_scale is not None: scale = (min_scale, 1.0)
     images, size, mean, std = _explorer_images(data)
-    pipeline = ExplorerPipeline(size, mean, std, scale=tuple(scale), ratio=tuple(ratio), flip=flip, jitter=jitter,
+    pipeline = ViewPipeline(size, mean, std, scale=tuple(scale), ratio=tuple(ratio), flip=flip, jitter=jitter,
                                 grayscale=grayscale, blur=blur, solarize=solarize, blur_sigma=tuple(blur_sigma),
                                 **jitter_strengths(strength))
     n = min(n, len(images))
