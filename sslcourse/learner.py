@@ -20,8 +20,6 @@ from fastai.callback.core import Callback, CancelFitException, CancelValidExcept
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds, combined_cos
 from fastai.optimizer import OptimWrapper
-from timm.optim import Lars, param_groups_weight_decay
-from timm.utils import distribute_bn
 from .data import ImageData, dataloaders, get_data
 from .augment import make_views
 from .models import create_encoder, input_size
@@ -66,7 +64,12 @@ class Method(nn.Module):
 
     def parameter_groups(self) -> list[dict]:
         "Optimiser groups: torch's keys plus `lr_scale` (× the scheduled rate) and `fixed_lr` (stay at the peak rate)."
-        return param_groups_weight_decay(self, self.weight_decay)  # timm's: 1-D tensors (norms, biases) get none
+        # timm's rule (`param_groups_weight_decay`): 1-D tensors, norms and biases, get none. Written out here because
+        # importing timm costs seconds in every process, and most runs use none of it.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [dict(params=[p for p in trainable if p.ndim <= 1], weight_decay=0.0),
+                  dict(params=[p for p in trainable if p.ndim > 1], weight_decay=self.weight_decay)]
+        return [group for group in groups if group['params']]
 
     def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
         "Dataset positions to visit this epoch (any length, repeats allowed); None means a random permutation."
@@ -485,7 +488,9 @@ def _adamw(groups, lr, device): return torch.optim.AdamW(groups, lr=lr, **_fused
 def _sgd(groups, lr, device): return torch.optim.SGD(groups, lr=lr, momentum=0.9, **_fused(device))
 
 @OPTIMIZERS.register('lars')
-def _lars(groups, lr, device): return Lars(groups, lr=lr, momentum=0.9, trust_coeff=0.001)
+def _lars(groups, lr, device):
+    from timm.optim import Lars  # imported when asked for: timm is slow to import
+    return Lars(groups, lr=lr, momentum=0.9, trust_coeff=0.001)
 
 def _fused(device): return dict(fused=True) if device.type == 'cuda' else dict(foreach=True)
 
@@ -579,7 +584,9 @@ def _split_size(data: ImageData, split: str) -> int:
 class AverageBatchNormStatistics(SSLCallback):
     "After each training epoch, every process's batch-norm running statistics become their mean (timm's `distribute_bn`)."
     order = 2  # before the monitors and the checkpoint read them
-    def after_train(self): distribute_bn(self.learn.method, world_size(), reduce=True)
+    def after_train(self):
+        from timm.utils import distribute_bn
+        distribute_bn(self.learn.method, world_size(), reduce=True)
 
 
 def fit_ssl(learn: Learner, epochs: int, lr: float | None = None, resume: Path | bool | None = None) -> Learner:
