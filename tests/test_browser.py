@@ -1,8 +1,8 @@
 """What a learner sees: JupyterLab in a real browser (Debian's Chromium driven by Playwright) runs the widgets lesson,
 a slider is moved with the keyboard, and the figure it drives must change; the method panel trains one short epoch.
 
-Screenshots are written to `$SSLCOURSE_SCREENSHOTS` (default: `screenshots/` under pytest's temporary folder):
-`lesson-before.png`, `lesson-after.png` and `method-panel.png`. Skipped, with the reason, where Chromium or
+Screenshots are left in `$SSLCOURSE_SCREENSHOTS` (default: `_screenshots/` at the repository root, git-ignored):
+`lesson-before.png`, `lesson-after.png` and `method-panel.png`, so a CI run leaves what the learner saw. Skipped, with the reason, where Chromium or
 Playwright is missing (CI installs both: see `.ci/run`)."""
 import os
 import shutil
@@ -52,7 +52,7 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def screenshots(tmp_path_factory):
-    folder = Path(os.environ.get('SSLCOURSE_SCREENSHOTS') or tmp_path_factory.mktemp('screenshots'))
+    folder = Path(os.environ.get('SSLCOURSE_SCREENSHOTS') or NOTEBOOK.parent.parent / '_screenshots')
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
