@@ -6,7 +6,7 @@ Docs: https://sslcourse.github.io/sslcourse/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #a1df78e5
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, ast, inspect, json, sys, time
 from pathlib import Path
 import torch
 from .core import UsageError, seed_everything, get_device, write_json
@@ -17,7 +17,8 @@ import sslcourse.transfer  # noqa: F401 (registers the photo_textures dataset)
 
 # %% auto #0
 __all__ = ['USAGE_ERROR', 'DIVERGED', 'INTERRUPTED', 'EXIT_STATUSES', 'EPILOG', 'INTERRUPTED_MESSAGES', 'build_parser',
-           'pretrain', 'bench', 'list_all', 'main', 'console']
+           'method_option_names', 'parse_method_options', 'peak_memory_mb', 'pretrain', 'bench', 'list_all', 'main',
+           'console']
 
 # %% ../nbs/08_cli.ipynb #ed6646be
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +49,8 @@ def _training_arguments(parser):
     parser.add_argument('--data', default='fashion_mnist_small', help='dataset name (default: the embedded subset)')
     parser.add_argument('--data-dir', default=None, help='folder holding the dataset (default: $SSLCOURSE_DATA)')
     parser.add_argument('--download', action='store_true', help='download the dataset if it is missing (online only)')
+    parser.add_argument('--limit', type=int, default=None, metavar='N',
+                        help='keep N training images per class (and at most N test images per class): quick runs')
     parser.add_argument('--arch', default='convnet', help='encoder: convnet, resnet18/34/50 or timm:<name>')
     parser.add_argument('--epochs', type=int, default=8)
     parser.add_argument('--bs', type=int, default=256,
@@ -57,6 +60,9 @@ def _training_arguments(parser):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--compile', nargs='?', const='default', default=None,
                         help='torch.compile the model and loss; optional mode, e.g. reduce-overhead (CUDA graphs)')
+    parser.add_argument('-o', '--option', action='append', default=[], metavar='NAME=VALUE',
+                        help="a method option, e.g. -o temperature=0.2 -o queue_size=1024 (repeatable; "
+                             "`sslcourse list` shows each method's options)")
     parser.add_argument('--json', default=None, help='write the results to this JSON file')
     parser.add_argument('--sync-batchnorm', action='store_true',
                         help='with several processes, batch norm sees the whole global batch')
@@ -73,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, **layout)
         sub.set_defaults(run=run, interrupted=INTERRUPTED_MESSAGES[name])
         return sub
-    command('list', list_all, 'list the registered methods, datasets and architectures')
+    command('list', list_all, "list the registered methods, datasets and architectures, or one method's options").add_argument(
+        'method', nargs='?', default=None, help='show the options of this method (pass them to pretrain with -o NAME=VALUE)')
     pretraining = command('pretrain', pretrain, 'pretrain a method, then evaluate it beside two baselines')
     _training_arguments(pretraining)
     pretraining.add_argument('--out', default=None,
@@ -90,12 +97,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/08_cli.ipynb #99926d6b
+def method_option_names(method_class) -> tuple[dict, dict]:
+    "The options of a method's constructor with their defaults, and the view recipe's (if the method forwards them)."
+    from sslcourse.augment import ViewPipeline
+    import dataclasses
+    fixed = {'self', 'encoder', 'size', 'mean', 'std', 'num_images'}  # the learner supplies these
+    parameters = inspect.signature(method_class.__init__).parameters.values()
+    own = {p.name: getattr(method_class, p.name, None) if p.default is None else p.default
+           for p in parameters if p.name not in fixed and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    views = ({f.name: f.default for f in dataclasses.fields(ViewPipeline) if f.name not in fixed}
+             if any(p.kind == p.VAR_KEYWORD for p in parameters) else {})  # **view_options reach the ViewPipeline
+    return own, views
+
+
+def parse_method_options(method_class, pairs: list[str]) -> dict:
+    "`['temperature=0.2', 'loss=nce']` → `{'temperature': 0.2, 'loss': 'nce'}`, checked against the method's options."
+    own, views = method_option_names(method_class)
+    valid, options = {**views, **own}, {}
+    for pair in pairs:
+        name, equals, text = pair.partition('=')
+        name = name.strip().replace('-', '_')
+        if not equals or not name:
+            raise UsageError(f'-o/--option takes NAME=VALUE, got {pair!r}; for example -o temperature=0.2')
+        if name not in valid:
+            raise UsageError(f"{method_class.name} has no option '{name}'; choose from: {', '.join(sorted(valid))}")
+        try: value = ast.literal_eval(text)
+        except (ValueError, SyntaxError): value = text  # a bare word such as nce
+        default = valid[name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
+            raise UsageError(f'{method_class.name} option {name} must be a number (default {default}), got {text!r}')
+        options[name] = value
+    return options
+
+
 def _check_options(args):
     from sslcourse.learner import get_method
-    get_method(args.method)  # unknown methods list the valid ones
+    args.method_options = parse_method_options(get_method(args.method), args.option)  # unknown methods list the valid ones
     if not args.arch.startswith('timm:'): ARCHITECTURES.get(args.arch)
     if args.data not in list_datasets():
         raise UsageError(f"unknown dataset '{args.data}'; choose from: {', '.join(list_datasets())}")
+    if args.limit is not None and args.limit < 1: raise UsageError(f'--limit must be at least 1 image per class, got {args.limit}')
     if args.epochs < 1: raise UsageError(f'--epochs must be at least 1, got {args.epochs}')
     if args.bs < 2: raise UsageError(f'--bs must be at least 2 (contrastive losses need negatives), got {args.bs}')
     if args.lr is not None and args.lr <= 0: raise UsageError(f'--lr must be positive, got {args.lr}')
@@ -113,12 +154,20 @@ def _learner(args, device, data, **options):
     compile_mode = None if args.compile in (None, 'default') else args.compile
     return ssl_learner(args.method, data, arch=args.arch, bs=args.bs, device=device, seed=args.seed,
                        compile=(compile_mode or True) if args.compile else None, sync_batchnorm=args.sync_batchnorm,
-                       progress='bar' if sys.stdout.isatty() else 'lines', **options)
+                       progress='bar' if sys.stdout.isatty() else 'lines', **args.method_options, **options)
 
 
 def _record(args, device, seconds, img_per_s, **extra) -> dict:
-    return dict(method=args.method, data=args.data, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
-                img_per_s=round(img_per_s, 1), device=str(device), processes=world_size(), **extra)
+    return dict(method=args.method, data=args.data, limit=args.limit, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
+                img_per_s=round(img_per_s, 1), device=str(device), processes=world_size(),
+                options=args.method_options, peak_memory_mb=peak_memory_mb(device), **extra)
+
+
+def peak_memory_mb(device) -> float:
+    "Peak memory of this process: allocated on the GPU, or resident set size on the CPU (ru_maxrss is in KiB on Linux)."
+    if device.type == 'cuda': return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def pretrain(args) -> dict:
@@ -130,7 +179,7 @@ def pretrain(args) -> dict:
     checkpoint = out / 'checkpoint.pth'
     if checkpoint.exists() and not args.resume:
         raise UsageError(f'{checkpoint} exists; pass --resume to continue that run, or choose another --out')
-    data = get_data(args.data, root=args.data_dir, download=args.download)
+    data = get_data(args.data, root=args.data_dir, download=args.download, limit=args.limit)
     learn = _learner(args, device, data, checkpoint=checkpoint)
     processes = f' x {world_size()} processes' if world_size() > 1 else ''
     if is_main(): print(f'pretraining {args.method} on {data} with {args.arch} on {device}{processes}, '
@@ -162,7 +211,7 @@ def pretrain(args) -> dict:
 def bench(args) -> dict:
     device = _check_options(args)
     if args.epochs < 2: raise UsageError('bench needs --epochs 2 or more: the first epoch is warm-up')
-    data = get_data(args.data, root=args.data_dir, download=args.download)
+    data = get_data(args.data, root=args.data_dir, download=args.download, limit=args.limit)
     learn = _learner(args, device, data, knn_every=None, probe=False, peak_tflops=args.peak_tflops)
     from sslcourse.learner import fit_ssl
     fit_ssl(learn, args.epochs, args.lr)
@@ -177,7 +226,14 @@ def bench(args) -> dict:
 
 
 def list_all(args):
-    from sslcourse.learner import list_methods
+    from sslcourse.learner import list_methods, get_method
+    if getattr(args, 'method', None):
+        method_class = get_method(args.method)
+        print(f'{args.method} options (pretrain ... -o NAME=VALUE):')
+        own, views = method_option_names(method_class)
+        for name, default in own.items(): print(f'  {name} = {default!r}')
+        if views: print(f"  and the view recipe's (its defaults are the method's recipe): {', '.join(views)}")
+        return
     print('methods:       ' + ', '.join(list_methods()))
     print('datasets:      ' + ', '.join(list_datasets()))
     print('architectures: ' + ', '.join(list_architectures()))

@@ -4,6 +4,7 @@ Each writer returns what it wrote, in the order the loaders return it, so a
 test can check a loader's output exactly (CIFAR, STL-10) or closely (JPEG).
 """
 from __future__ import annotations
+import gzip
 
 import pickle
 from pathlib import Path
@@ -167,3 +168,14 @@ def write_imagenette(root, n_per_class: int = 2, seed: int = 0) -> dict:
         "wnids": list(IMAGENETTE_WNIDS),
         "folder": folder,
     }
+
+
+def write_fashion_mnist(root, per_class_train: int = 40, per_class_test: int = 20) -> Path:
+    "The first images per class of the embedded subset, as Fashion-MNIST's four gzipped IDX files (its real format)."
+    from sslcourse.data import get_data
+    root = Path(root)
+    for prefix, split in (('train', get_data(limit=per_class_train).train), ('t10k', get_data(limit=per_class_test).test)):
+        for kind, array in (('images-idx3', split.images[:, 0].numpy()), ('labels-idx1', split.labels.numpy())):
+            header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
+            with gzip.open(root / f'{prefix}-{kind}-ubyte.gz', 'wb') as file: file.write(header + array.astype(np.uint8).tobytes())
+    return root

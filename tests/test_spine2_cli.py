@@ -1,7 +1,6 @@
 """Spine 2 from the command line: a real `torchrun` launch of two gloo processes (rank 0 alone writes one checkpoint,
 one pair of figures and one JSON whose images/s counts both processes), and STL-10 pretraining on train + unlabeled.
 Both run on small fixtures written in the datasets' real on-disk formats, so they take seconds, not minutes."""
-import gzip
 import json
 import os
 import shutil
@@ -10,29 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sslcourse.cli import main
-from sslcourse.data import get_data
-from tests.fixtures import write_stl10
-
-
-def _write_idx(path: Path, array: np.ndarray):
-    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in array.shape)
-    with gzip.open(path, 'wb') as file: file.write(header + array.astype(np.uint8).tobytes())
+from tests.fixtures import write_stl10, write_fashion_mnist
 
 
 @pytest.fixture(scope='module')
 def small_fashion(tmp_path_factory):
     "40 training and 20 test images per class of the embedded subset, as the four IDX files of Fashion-MNIST."
-    folder = tmp_path_factory.mktemp('fashion')
-    data = get_data(limit=40)
-    test = get_data(limit=20).test
-    for prefix, split in (('train', data.train), ('t10k', test)):
-        _write_idx(folder / f'{prefix}-images-idx3-ubyte.gz', split.images[:, 0].numpy())
-        _write_idx(folder / f'{prefix}-labels-idx1-ubyte.gz', split.labels.numpy())
-    return folder
+    return write_fashion_mnist(tmp_path_factory.mktemp('fashion'))
 
 
 def _free_port() -> int:
