@@ -52,7 +52,7 @@ def _training_arguments(parser):
     parser.add_argument('--limit', type=int, default=None, metavar='N',
                         help='keep N training images per class (and at most N test images per class): quick runs')
     parser.add_argument('--arch', default='convnet', help='encoder: convnet, resnet18/34/50 or timm:<name>')
-    parser.add_argument('--epochs', type=int, default=8)
+    parser.add_argument('--epochs', type=int, default=None, help="training epochs (default: the method's budget, 8 for most)")
     parser.add_argument('--bs', type=int, default=256,
                         help='images per global batch, split over the processes of a torchrun launch (each gives several views)')
     parser.add_argument('--lr', type=float, default=None, help="peak learning rate (default: the method's)")
@@ -132,7 +132,9 @@ def parse_method_options(method_class, pairs: list[str]) -> dict:
 
 def _check_options(args):
     from sslcourse.learner import get_method
-    args.method_options = parse_method_options(get_method(args.method), args.option)  # unknown methods list the valid ones
+    method_class = get_method(args.method)  # unknown methods list the valid ones
+    args.method_options = parse_method_options(method_class, args.option)
+    if args.epochs is None: args.epochs = getattr(method_class, 'epochs', 8)  # a method may be given fewer, costlier epochs
     if not args.arch.startswith('timm:'): ARCHITECTURES.get(args.arch)
     if args.data not in list_datasets():
         raise UsageError(f"unknown dataset '{args.data}'; choose from: {', '.join(list_datasets())}")
@@ -186,7 +188,7 @@ def pretrain(args) -> dict:
                         f'{args.epochs} epochs, global batch {args.bs}', flush=True)
     fit_ssl(learn, args.epochs, args.lr, resume=checkpoint if args.resume else None)
     if not is_main(): return {}  # rank 0 evaluates and writes; the others are done
-    timing = learn.throughput.summary()
+    timing, training_memory = learn.throughput.summary(), peak_memory_mb(device)  # before evaluation adds its own
     encoder, size = learn.method.encoder, learn.method.views[0].size
     results = compare_with_baselines(encoder, data, device, size)
     print(format_results(results), flush=True)
@@ -203,6 +205,7 @@ def pretrain(args) -> dict:
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},
                      knn_history=learn.knn_monitor.history, train_images=len(learn.dls.train) * args.bs,
                      out=str(out), **extra)
+    record['peak_memory_mb'] = training_memory
     if args.json: write_json(args.json, record)
     print(f'wrote {checkpoint}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))
     return record
