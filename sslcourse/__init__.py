@@ -2,7 +2,7 @@
 
 Modules:
 
-- `sslcourse.pretrained`: EfficientNet-Lite0's ImageNet checkpoint from a PyPI wheel, loaded into timm by structure with every shape checked, and proved genuine on two photographs. The first half of lesson 2; `11_finetune` builds on it.
+- `sslcourse.pretrained`: EfficientNet-Lite0's ImageNet checkpoint from a PyPI wheel, loaded into timm by structure with every shape checked, and proved genuine on two photographs. The first half of lesson 2; `11b_finetune` builds on it.
 - `sslcourse.supervised`: Train a classifier from scratch with 10 to 1,000 labels per class, with and without the first remedies (augmentation and regularisation), and measure how accuracy falls as labels get scarce.
 - `sslcourse.transfer`: Four ways to reuse ImageNet weights (a linear probe, the last K blocks, full fine-tuning with discriminative learning rates, and training from scratch), and the "similar or different data × little or lots of data" table, measured."""
 

@@ -1,5 +1,5 @@
 """EfficientNet-Lite0's ImageNet checkpoint from a PyPI wheel, loaded into timm by structure with every shape checked,
-and proved genuine on two photographs. The first half of lesson 2; `11_finetune` builds on it.
+and proved genuine on two photographs. The first half of lesson 2; `11b_finetune` builds on it.
 
 Docs: https://sslcourse.github.io/sslcourse/pretrained.html.md"""
 
