@@ -25,20 +25,27 @@ class BYOL(Method):
     lr, optimizer, weight_decay = 2e-3, 'adamw', 1e-4
 
     def __init__(self, encoder, size: int, mean, std, base_momentum: float = 0.99, projection_dim: int = 128,
-                 hidden_dim: int = 512, scale=(0.3, 1.0), **view_options):
+                 hidden_dim: int = 512, predictor: bool = True, stop_gradient: bool = True, scale=(0.3, 1.0),
+                 **view_options):
         super().__init__(encoder, byol_views(size, mean, std, scale=scale, **view_options))
         self.base_momentum = base_momentum
         self.projector = mlp(encoder.num_features, hidden_dim, projection_dim)
-        self.predictor = mlp(projection_dim, hidden_dim, projection_dim)
+        # the ablations of the collapse study: no predictor, or a target that is the online network with gradients
+        self.predictor = mlp(projection_dim, hidden_dim, projection_dim) if predictor else nn.Identity()
+        self.stop_gradient = stop_gradient
         self.target = nn.ModuleList([copy.deepcopy(encoder), copy.deepcopy(self.projector)]).requires_grad_(False)
         self.momentum = base_momentum
 
     def forward(self, view1, view2) -> dict:
         views = torch.cat([view1, view2])
         features = self.encoder(views)                             # (2N, D)
-        p1, p2 = self.predictor(self.projector(features)).chunk(2)  # online predictions
-        with torch.no_grad():
-            z1, z2 = self.target[1](self.target[0](views)).chunk(2)  # target projections
+        projections = self.projector(features)
+        p1, p2 = self.predictor(projections).chunk(2)               # online predictions
+        if not self.stop_gradient:                                  # ablation: regress the online network itself
+            z1, z2 = projections.chunk(2)
+        else:
+            with torch.no_grad():
+                z1, z2 = self.target[1](self.target[0](views)).chunk(2)  # target projections
         return dict(features=features[:len(view1)], p1=p1, p2=p2, z1=z1, z2=z2)
 
     def loss(self, outputs: dict, *targets) -> torch.Tensor:
@@ -46,5 +53,6 @@ class BYOL(Method):
         return (byol_loss(outputs['p1'], outputs['z2']) + byol_loss(outputs['p2'], outputs['z1'])) / 2
 
     def on_step(self, progress: float):
-        self.momentum = cosine_momentum(self.base_momentum, progress)
+        # base 0: the target is a copy of the online network at every step (Grill et al. table 5's τ = 0 row)
+        self.momentum = cosine_momentum(self.base_momentum, progress) if self.base_momentum > 0 else 0.0
         ema_update_(self.target, nn.ModuleList([self.encoder, self.projector]), self.momentum)
