@@ -160,9 +160,10 @@ def _learner(args, device, data, **options):
 
 
 def _record(args, device, seconds, img_per_s, **extra) -> dict:
+    "The JSON record; `peak_memory_mb` is measured when training ends, before any evaluation adds its own."
     return dict(method=args.method, data=args.data, limit=args.limit, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
                 img_per_s=round(img_per_s, 1), device=str(device), processes=world_size(),
-                options=args.method_options, peak_memory_mb=peak_memory_mb(device), **extra)
+                options=args.method_options, **extra)
 
 
 def peak_memory_mb(device) -> float:
@@ -204,8 +205,7 @@ def pretrain(args) -> dict:
                      linear_acc=round(results['ssl']['linear'], 4),
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},
                      knn_history=learn.knn_monitor.history, train_images=len(learn.dls.train) * args.bs,
-                     out=str(out), **extra)
-    record['peak_memory_mb'] = training_memory
+                     out=str(out), peak_memory_mb=training_memory, **extra)
     if args.json: write_json(args.json, record)
     print(f'wrote {checkpoint}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))
     return record
@@ -221,8 +221,9 @@ def bench(args) -> dict:
     if not is_main(): return {}
     timing = learn.throughput.summary(skip_first=True)
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=None, linear_acc=None,
+                     peak_memory_mb=peak_memory_mb(device),
                      bs=args.bs, compile=args.compile, **({'mfu': round(timing['mfu'], 4)} if 'mfu' in timing else {}))
-    if device.type == 'cuda': record.update(gpu=torch.cuda.get_device_name(device), peak_memory_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
+    if device.type == 'cuda': record['gpu'] = torch.cuda.get_device_name(device)  # peak memory: `peak_memory_mb`
     print(json.dumps(record))
     if args.json: write_json(args.json, record)
     return record

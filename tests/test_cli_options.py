@@ -38,6 +38,13 @@ def test_cli_exit_status_and_line(capsys):
     assert 'bank size' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('name', ['cpc', 'npid', 'pirl', 'moco', 'mocov2'])
+def test_list_names_the_contrastive_methods(capsys, name):
+    assert main(['list']) == 0
+    methods = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('methods'))
+    assert name in [method.strip() for method in methods.split(':', 1)[1].split(',')]
+
+
 def test_list_shows_a_methods_options(capsys):
     assert main(['list', 'npid']) == 0
     out = capsys.readouterr().out

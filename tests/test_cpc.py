@@ -178,13 +178,6 @@ def test_cli_impossible_option_exits_2(tmp_path, capsys, option, fragment):
     assert not (tmp_path / 'out' / 'checkpoint.pth').exists()
 
 
-def test_list_names_cpc(capsys):
-    assert cli.main(['list']) == 0
-    out, _ = capsys.readouterr()
-    methods = next(line for line in out.splitlines() if line.startswith('methods'))
-    assert 'cpc' in [name.strip() for name in methods.split(':', 1)[1].split(',')]
-
-
 @pytest.mark.parametrize('version', [1, 2])
 def test_tiny_run_trains_on_a_fraction_of_the_images_per_epoch(data, version):
     seed_everything(0)

@@ -89,12 +89,6 @@ def test_cli_momentum_outside_unit_interval_exits_2(tmp_path, capsys, monkeypatc
     assert status == 2 and len(lines) == 1 and 'momentum' in lines[0]
 
 
-def test_list_names_moco_and_mocov2(capsys):
-    assert cli.main(['list']) == 0
-    methods = capsys.readouterr().out.splitlines()[0]
-    assert 'moco' in methods.replace(',', ' ').split() and 'mocov2' in methods.replace(',', ' ').split()
-
-
 @pytest.mark.parametrize('name', ['moco', 'mocov2'])
 def test_tiny_run_trains(name):
     data = get_data(limit=20)

@@ -96,13 +96,6 @@ def test_cli_k_larger_than_the_bank_exits_2(data, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / 'out' / 'checkpoint.pth').exists()
 
 
-def test_list_names_npid(capsys):
-    assert cli.main(['list']) == 0
-    out, _ = capsys.readouterr()
-    methods = next(line for line in out.splitlines() if line.startswith('methods'))
-    assert 'npid' in [name.strip() for name in methods.split(':', 1)[1].split(',')]
-
-
 def test_tiny_run_trains(data):
     seed_everything(0)
     learn = ssl_learner('npid', data, bs=50, device='cpu', knn_every=None, probe=False, progress='none', negatives=64)

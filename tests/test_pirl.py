@@ -166,14 +166,6 @@ def test_cli_k_larger_than_the_bank_exits_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / 'out' / 'checkpoint.pth').exists()
 
 
-def test_list_names_pirl(capsys):
-    assert cli.main(['list']) == 0
-    out, _ = capsys.readouterr()
-    methods = next(line for line in out.splitlines() if line.startswith('methods'))
-    assert 'pirl' in [name.strip() for name in methods.split(':', 1)[1].split(',')]
-
-
-@pytest.mark.skipif(not hasattr(cli, 'parse_method_options'), reason='this CLI has no -o NAME=VALUE method options')
 def test_cli_lambda_outside_0_1_exits_2(tmp_path, capsys):
     code = cli.main(['pretrain', 'pirl', '--device', 'cpu', '--epochs', '1', '-o', 'tile_weight=1.5',
                      '--out', str(tmp_path / 'out')])
