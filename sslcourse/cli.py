@@ -204,7 +204,9 @@ def pretrain(args) -> dict:
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=round(results['ssl']['knn'], 4),
                      linear_acc=round(results['ssl']['linear'], 4),
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},
-                     knn_history=learn.knn_monitor.history, train_images=len(learn.dls.train) * args.bs,
+                     knn_history=learn.knn_monitor.history,
+                     collapse_history=[[e, round(s, 4), round(r, 2)] for e, s, r in learn.collapse_monitor.history],
+                     embedding_dim=learn.collapse_monitor.dimension, train_images=len(learn.dls.train) * args.bs,
                      out=str(out), peak_memory_mb=training_memory, **extra)
     if args.json: write_json(args.json, record)
     print(f'wrote {checkpoint}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))

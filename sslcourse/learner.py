@@ -31,9 +31,9 @@ from .distributed import (init_distributed, is_distributed, rank, world_size, is
 __all__ = ['METHODS', 'OPTIMIZERS', 'SCHEDULES', 'Method', 'register_method', 'get_method', 'list_methods', 'reset_head_',
            'ema_update_', 'cosine_momentum', 'Queue', 'MemoryBank', 'SSLCallback', 'MethodCallback', 'BFloat16',
            'ChannelsLast', 'Compile', 'QuietProgress', 'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image',
-           'embed_all', 'KNNMonitor', 'OnlineProbe', 'TrainingDiverged', 'NaNGuard', 'save_checkpoint',
-           'load_checkpoint', 'Checkpoint', 'EpochLines', 'one_cycle', 'warmup_cosine', 'optimizer_groups',
-           'ssl_learner', 'AverageBatchNormStatistics', 'fit_ssl']
+           'embed_all', 'KNNMonitor', 'OnlineProbe', 'effective_rank', 'CollapseMonitor', 'TrainingDiverged',
+           'NaNGuard', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'EpochLines', 'one_cycle', 'warmup_cosine',
+           'optimizer_groups', 'ssl_learner', 'AverageBatchNormStatistics', 'fit_ssl']
 
 # %% ../nbs/07_learner.ipynb #93a8ea3e
 class Method(nn.Module):
@@ -361,6 +361,38 @@ class OnlineProbe(SSLCallback):
         counts = all_reduce_sum(torch.stack([self.correct, self.seen]).float())
         self.history.append((self.epoch + 1, (counts[0] / counts[1].clamp(min=1)).item()))  # host sync: per epoch
 
+# %% ../nbs/07_learner.ipynb #671bd141
+def effective_rank(embeddings: torch.Tensor) -> float:
+    "exp(entropy of the normalised singular values) of (N, d) embeddings (Roy & Vetterli 2007): 1 to min(N, d)."
+    singular = torch.linalg.svdvals(embeddings.float())
+    p = singular / singular.sum().clamp(min=1e-12) + 1e-12
+    return float(torch.exp(-(p * p.log()).sum()))  # host sync: once per epoch
+
+
+class CollapseMonitor(SSLCallback):
+    "After each `every` epochs: (epoch, spread, effective rank) of normalised embeddings of fixed images, in `history`."
+    order = 81
+    def __init__(self, data: ImageData, every: int = 1, size: int | None = None, count: int = 512):
+        self.data, self.every, self.size, self.count, self.history, self.dimension = data, every, size, count, [], None
+    def checkpoint_state(self): return dict(history=self.history, dimension=self.dimension)
+    def before_fit(self):
+        state = self.resumed_state or {}
+        self.history, self.dimension = list(state.get('history', [])), state.get('dimension')
+    def embeddings(self) -> torch.Tensor:
+        method = self.learn.method
+        features = embed_all(method.encoder, self.data.test.images[:self.count], self.data, self.size)
+        projector = getattr(method, 'projector', None)
+        if projector is None: return features
+        was_training = projector.training
+        with torch.no_grad(): z = projector.eval()(features)
+        projector.train(was_training)
+        return z
+    def after_epoch(self):
+        if self.skipped or ((self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch): return
+        z = F.normalize(self.embeddings().float(), dim=1)
+        self.dimension = z.shape[1]
+        self.history.append((self.epoch + 1, float(z.std(0).mean()), effective_rank(z)))  # host sync: per epoch
+
 # %% ../nbs/07_learner.ipynb #5fea32f5
 class TrainingDiverged(RuntimeError):
     "The loss, a gradient or a weight became NaN or infinite."
@@ -464,7 +496,7 @@ class Checkpoint(SSLCallback):
 
 # %% ../nbs/07_learner.ipynb #2fde2343
 class EpochLines(SSLCallback):
-    "One plain line per epoch: loss, kNN, probe accuracy, seconds, images/s."
+    "One plain line per epoch: loss, kNN, probe accuracy, collapse statistics, seconds, images/s."
     order = 99
     def __init__(self, stream=None): self.stream = stream or sys.stdout
     def after_epoch(self):
@@ -473,6 +505,10 @@ class EpochLines(SSLCallback):
         for name, cb in (('knn', 'knn_monitor'), ('probe', 'online_probe')):
             history = getattr(getattr(self.learn, cb, None), 'history', [])
             if history and history[-1][0] == self.epoch + 1: parts.append(f'{name} {history[-1][1]:.1%}')
+        collapse = getattr(self.learn, 'collapse_monitor', None)
+        if collapse and collapse.history and collapse.history[-1][0] == self.epoch + 1:
+            parts += [f'spread {collapse.history[-1][1]:.3f} (1/√d {collapse.dimension ** -0.5:.3f})',
+                      f'rank {collapse.history[-1][2]:.1f}/{collapse.dimension}']
         throughput = getattr(self.learn, 'throughput', None)
         if throughput and throughput.history:
             parts += [f"{throughput.history[-1]['seconds']:.1f}s", f"{throughput.history[-1]['img_per_s']:.0f} img/s"]
@@ -560,7 +596,9 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     if cuda if channels_last is None else channels_last: callbacks.append(ChannelsLast())
     if compile: callbacks.append(Compile(None if compile is True else compile))
     if distributed: callbacks.append(AverageBatchNormStatistics())
-    if knn_every: callbacks.append(KNNMonitor(data.with_validation(0.1, seed=0), knn_every, size))  # the test split is for final tables
+    if knn_every:  # on a validation split: the test split is for final tables
+        monitored = data.with_validation(0.1, seed=0)
+        callbacks += [KNNMonitor(monitored, knn_every, size), CollapseMonitor(monitored, knn_every, size)]
     if probe and data.train.labels.max() >= 0: callbacks.append(OnlineProbe(data.num_classes))
     if checkpoint: callbacks.append(Checkpoint(checkpoint))
     if progress == 'lines' and is_main(): callbacks.append(EpochLines())

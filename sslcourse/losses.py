@@ -6,11 +6,14 @@ Docs: https://sslcourse.github.io/sslcourse/losses.html.md"""
 
 # %% ../nbs/04_losses.ipynb #be5c6221
 from __future__ import annotations
+import math
 import torch
 import torch.nn.functional as F
+from .distributed import all_reduce_sum, all_reduce_max
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'nce_loss', 'byol_loss']
+__all__ = ['nt_xent', 'info_nce', 'nce_loss', 'byol_loss', 'barlow_twins_loss', 'vicreg_loss', 'sinkhorn', 'swav_loss',
+           'dino_loss']
 
 # %% ../nbs/04_losses.ipynb #43f9bb47
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -66,3 +69,99 @@ def nce_loss(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, te
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's loss (Grill et al. 2020, eq. 2): mean over the batch of 2 − 2·cos(p, z). p, z: (N, D)."""
     return (2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)).mean()
+
+# %% ../nbs/04_losses.ipynb #026f35ee
+def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    "Each column to zero mean and unit (biased) variance over the batch, as BatchNorm1d(affine=False) does in training."
+    z = z.float()
+    return (z - z.mean(0)) / (z.var(0, unbiased=False) + eps).sqrt()
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021, eq. 1): L = Σᵢ (1 − C_ii)² + λ Σ_{i≠j} C_ij²,
+    C the cross-correlation of the batch-standardised embeddings, C_ij = Σ_b z¹_bi z²_bj / N.
+
+    z1, z2: (N, D) embeddings of two views; row b of each comes from the same image."""
+    correlation = _standardise(z1).T @ _standardise(z2) / len(z1)         # (D, D)
+    diagonal = torch.diagonal(correlation)
+    off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
+    return (1 - diagonal).pow(2).sum() + lambd * off_diagonal
+
+# %% ../nbs/04_losses.ipynb #9e368903
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float = 25.0, variance_weight: float = 25.0,
+                covariance_weight: float = 1.0) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, eqs. 1–6): λ·s(Z, Z') + μ·[v(Z) + v(Z')]/2 + ν·[c(Z) + c(Z')], with
+    s the mean squared error, v(Z) = mean_j max(0, 1 − √(Var z_j + 10⁻⁴)), c(Z) = Σ_{i≠j} Cov(Z)_ij² / D.
+
+    z1, z2: (N, D) embeddings of two views; row b of each comes from the same image."""
+    z1, z2 = z1.float(), z2.float()
+    dimensions = z1.shape[1]
+    invariance = F.mse_loss(z1, z2)
+    variance, covariance = 0.0, 0.0
+    for z in (z1, z2):
+        variance = variance + F.relu(1 - (z.var(0) + 1e-4).sqrt()).mean() / 2
+        centred = z - z.mean(0)
+        cov = centred.T @ centred / (len(z) - 1)                              # (D, D)
+        covariance = covariance + (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / dimensions
+    return invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
+
+# %% ../nbs/04_losses.ipynb #27c46048
+def _logsumexp_columns(x: torch.Tensor) -> torch.Tensor:
+    "log Σ_b exp(x_bk) over the rows of every process: (1, K)."
+    top = all_reduce_max(x.max(0, keepdim=True).values)
+    return top + torch.log(all_reduce_sum(torch.exp(x - top).sum(0, keepdim=True)))
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn–Knopp codes (Cuturi 2013; SeLa, Asano et al. 2020; SwAV, Caron et al. 2020, eq. 3):
+    Q = diag(u) exp(S/ε) diag(v), rescaled in turn so each prototype (column) holds B/K of the batch and each image
+    (row) sums to 1; the rows are exact, the columns approach B/K as `iterations` grows.
+
+    scores: (B, K) image–prototype similarities of this process's share of the batch; with several processes the
+    column totals are summed over all of them (B is then the global batch). Returns codes (B, K), no gradient.
+    Computed on logarithms, so large scores or a small ε cannot overflow or leave a column of zeros."""
+    log_q = scores.float() / epsilon
+    count = all_reduce_sum(torch.tensor(float(len(log_q)), device=log_q.device))  # B over every process
+    prototypes = log_q.shape[1]
+    for _ in range(iterations):
+        log_q = log_q - _logsumexp_columns(log_q) - math.log(prototypes)  # each column (prototype) to 1/K
+        log_q = log_q - torch.logsumexp(log_q, 1, keepdim=True) - torch.log(count)  # each row (image) to 1/B
+    return torch.exp(log_q) * count                                      # rows sum to 1
+
+# %% ../nbs/04_losses.ipynb #a625aee1
+def swav_loss(global_scores: list, local_scores: list, temperature: float = 0.1, epsilon: float = 0.05,
+              iterations: int = 3, queue_scores: list | None = None) -> torch.Tensor:
+    """SwAV's swapped prediction (Caron et al. 2020, eqs. 1–2, with multi-crop): each global crop's codes
+    q = sinkhorn(S) are predicted by every other crop j, −Σₖ q_k log softmax(S_j/τ)_k, averaged over crops and images.
+
+    global_scores, local_scores: lists of (B, K) prototype scores of the large crops (which get codes) and the small
+    crops (which only predict). queue_scores: optional list of (Q, K) scores of earlier batches, one per global crop,
+    added to Sinkhorn's batch (only the current rows' codes are used)."""
+    crops = list(global_scores) + list(local_scores)
+    log_probabilities = [F.log_softmax(s.float() / temperature, dim=1) for s in crops]
+    total = 0.0
+    for i, scores in enumerate(global_scores):
+        if queue_scores is not None: scores = torch.cat([scores.detach(), queue_scores[i]])
+        codes = sinkhorn(scores.detach(), epsilon, iterations)[:len(global_scores[i])]
+        predictions = [p for j, p in enumerate(log_probabilities) if j != i]
+        total = total + sum(-(codes * p).sum(1).mean() for p in predictions) / len(predictions)
+    return total / len(global_scores)
+
+# %% ../nbs/04_losses.ipynb #1282430d
+def dino_loss(student_logits: list, teacher_logits: list, center: torch.Tensor, student_temperature: float = 0.1,
+              teacher_temperature: float = 0.04) -> torch.Tensor:
+    """DINO (Caron et al. 2021, eq. 1 and Algorithm 1): the cross-entropy −Σₖ P_t log P_s between the centred, sharpened
+    teacher P_t = softmax((g_t − c)/τ_t) on each global crop t and the student P_s = softmax(g_s/τ_s) on every other
+    crop s, averaged over the pairs (s ≠ t) and the images.
+
+    student_logits: list of (B, K), the global crops first, in the teacher's order, then the local crops;
+    teacher_logits: list of (B, K) for the global crops (no gradient flows into them); center: (K,)."""
+    teachers = [F.softmax((t.detach().float() - center) / teacher_temperature, dim=1) for t in teacher_logits]
+    students = [F.log_softmax(s.float() / student_temperature, dim=1) for s in student_logits]
+    total, pairs = 0.0, 0
+    for t, teacher in enumerate(teachers):
+        for s, student in enumerate(students):
+            if s == t: continue                                    # the same view: nothing to learn
+            total = total - (teacher * student).sum(1).mean(); pairs += 1
+    return total / pairs

@@ -15,11 +15,30 @@ import matplotlib.pyplot as plt
 __all__ = ['plot_training', 'save_figure', 'plot_embedding', 'first_conv', 'show_filters']
 
 # %% ../nbs/06_viz.ipynb #1f552271
+def _plot_collapse(ax, monitor):
+    "The collapse monitor's spread × √d (left axis) and effective rank (right axis) per epoch."
+    epochs, spread, rank = zip(*monitor.history)
+    ax.plot(epochs, [s * monitor.dimension ** 0.5 for s in spread], 'o-', color='tab:red', label='spread × √d')
+    ax.axhline(1, color='tab:red', lw=0.8, ls=':'); ax.set_ylim(0, 1.1)
+    ax.set_xlabel('epoch'); ax.set_ylabel('spread × √d (1: spread out, 0: collapsed)', color='tab:red', fontsize=8)
+    twin = ax.twinx()
+    twin.plot(epochs, rank, 's--', color='tab:purple', label='effective rank')
+    twin.set_ylim(0, monitor.dimension); twin.set_ylabel(f'effective rank (of {monitor.dimension})', color='tab:purple', fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc='lower right', fontsize=8)
+    ax.set_title('collapse monitor (validation images)')
+
+
 def plot_training(learn, title: str = 'training') -> matplotlib.figure.Figure:
-    "Loss per step (left axis) and kNN / online-probe accuracy per epoch (right axis)."
+    """Loss per step (left axis) and kNN / online-probe accuracy per epoch (right axis); beside it, when the learner
+    has a `collapse_monitor`, the embedding's spread (×√d: 1 for spread-out unit vectors, 0 collapsed) and effective rank."""
     losses = [float(v) for v in learn.recorder.losses]  # host sync: once, after training
     steps_per_epoch = max(1, len(learn.dls.train))
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    collapse = getattr(learn, 'collapse_monitor', None)
+    if collapse is not None and collapse.history:
+        fig, (ax, right_panel) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw=dict(width_ratios=[1.6, 1]))
+        _plot_collapse(right_panel, collapse)
+    else: fig, ax = plt.subplots(figsize=(6.5, 3.8))
     ax.plot(np.arange(1, len(losses) + 1) / steps_per_epoch, losses, color='tab:blue', label='loss (smoothed)')
     ax.set_xlabel('epoch'); ax.set_ylabel('training loss', color='tab:blue')
     right = ax.twinx(); plotted = False
