@@ -5,7 +5,8 @@ names its pages (`01_data.ipynb` -> `data`), plus `api.md` and the navigation. I
 understands: the YAML front matter, `#|` directives (`echo: false`, `output: false`, `include: false`), `show_doc`'s
 markdown with Pandoc attributes and Quarto's heading ids, and links to the published site, which become links
 between the local pages (an anchor that no page defines falls back to its class, then to the page). Widgets need a
-kernel: their outputs become a note that says to open the lesson in JupyterLab. Run by `.ci/site`.
+kernel: their outputs become a note that says to open the lesson in JupyterLab, under the still PNG that
+`sslcourse.widgets.FigureBox` adds to its output. Run by `.ci/site`.
 """
 from __future__ import annotations
 import copy, html, importlib, json, re, shutil, sys
@@ -127,17 +128,23 @@ class Site:
         tags = cell['metadata'].setdefault('tags', [])
         if found.get('echo') == 'false' or not code.strip(): tags.append('remove-input')
         if found.get('output') == 'false': tags.append('remove-output')
-        outputs, widget = [], False
+        outputs, widget, still = [], False, False
         for out in cell.get('outputs', []):
             data = out.get('data', {})
-            if WIDGET_VIEW in data: widget = True; continue
+            if WIDGET_VIEW in data:
+                widget = True
+                if 'image/png' not in data: continue  # nothing a page without a kernel can show
+                out = dict(out, data={'image/png': data['image/png']}, metadata={})  # figure_widget's still
+                still = True
             for mime in ('text/markdown', 'text/html'):
                 if mime in data: data[mime] = self.links(output_text(data[mime]))
             outputs.append(out)
         cell['outputs'] = outputs
         result = [cell] if outputs or 'remove-input' not in tags else []
         if widget:
-            result.append(md_cell(f':::{{note}}\nAn interactive widget appears here when the lesson runs in JupyterLab: '
+            what = ('Above: a still of the interactive widget, as the lesson\'s run left it. Its controls move'
+                    if still else 'An interactive widget appears here')
+            result.append(md_cell(f':::{{note}}\n{what} when the lesson runs in JupyterLab: '
                                   f'open `nbs/{notebook}` there to use it.\n:::'))
         return result
 

@@ -22,13 +22,14 @@ from .augment import ViewPipeline, show_views
 
 # %% auto #0
 __all__ = ['TEMPERATURES', 'LAYER_TRANSFER_RESULTS', 'PANEL_RUNS', 'METHOD_KNOBS', 'figure_bundle', 'show_figure', 'shown_png',
-           'label_width', 'figure_widget', 'jitter_strengths', 'render_views', 'view_explorer', 'temperature_batch',
-           'temperature_stats', 'render_temperature', 'temperature_explorer', 'read_layer_transfer',
-           'render_layer_transfer', 'layer_transfer_explorer', 'block_responses', 'channel_patches', 'render_channel',
-           'channel_picker', 'relpos_corners', 'render_relpos', 'relpos_explorer', 'hamming_curve', 'render_jigsaw',
-           'jigsaw_explorer', 'render_context_encoder', 'context_encoder_explorer', 'bin_counts', 'render_colorization',
-           'colorization_explorer', 'method_options', 'panel_data', 'PanelCallback', 'describe_settings', 'train_once',
-           'results_table', 'render_training', 'MethodPanel', 'method_panel']
+           'label_width', 'FigureBox', 'figure_widget', 'jitter_strengths', 'render_views', 'view_explorer',
+           'temperature_batch', 'temperature_stats', 'render_temperature', 'temperature_explorer',
+           'read_layer_transfer', 'render_layer_transfer', 'layer_transfer_explorer', 'block_responses',
+           'channel_patches', 'render_channel', 'channel_picker', 'relpos_corners', 'render_relpos', 'relpos_explorer',
+           'hamming_curve', 'render_jigsaw', 'jigsaw_explorer', 'render_context_encoder', 'context_encoder_explorer',
+           'bin_counts', 'render_colorization', 'colorization_explorer', 'method_options', 'panel_data',
+           'PanelCallback', 'describe_settings', 'train_once', 'results_table', 'render_training', 'MethodPanel',
+           'method_panel']
 
 # %% ../nbs/09_widgets.ipynb #w9pat002
 def figure_bundle(figure: Figure, dpi: int = 80) -> dict:
@@ -62,12 +63,22 @@ def label_width(controls, width: str = '110px'):
     return controls
 
 
-def figure_widget(render, controls: dict, **fixed) -> widgets.HBox:
+class FigureBox(widgets.HBox):
+    """The box `figure_widget` returns. In a notebook its output also carries a still PNG of the figure it shows:
+    JupyterLab draws the live widget, and a reader without a kernel (the course website, GitHub) sees the still."""
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        png = shown_png(self)
+        if bundle is not None and png: bundle['image/png'] = png
+        return bundle
+
+
+def figure_widget(render, controls: dict, **fixed) -> FigureBox:
     """The pattern of every widget here: `render(**fixed, **{name: control.value})` returns a figure, and every
     control's observer draws it again. `render` is a plain function, so tests and scripts call it without a browser.
     The box keeps `controls`, `output`, `redraw` and the last `figure`."""
     output = widgets.Output()
-    box = widgets.HBox([widgets.VBox(label_width(list(controls.values()))), output])
+    box = FigureBox([widgets.VBox(label_width(list(controls.values()))), output])
     def redraw(change=None):
         box.figure = render(**fixed, **{name: control.value for name, control in controls.items()})
         show_figure(output, box.figure)

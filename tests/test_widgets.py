@@ -51,6 +51,9 @@ def test_figure_widget_redraws_on_every_control():
     box.controls['value'].value = 4
     assert calls == [1, 4] and W.shown_png(box) != before and box.figure._suptitle.get_text() == 'value 4'
     assert box.output.outputs[0]['output_type'] == 'display_data'
+    # the notebook output carries the live widget and a still of the figure now shown (the website shows the still)
+    bundle = box._repr_mimebundle_()
+    assert 'application/vnd.jupyter.widget-view+json' in bundle and bundle['image/png'] == W.shown_png(box)
 
 
 # --- 1. augmentation explorer ------------------------------------------------------------------------------------
