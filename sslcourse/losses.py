@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from .distributed import all_reduce_sum, all_reduce_max
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'nce_loss', 'byol_loss', 'barlow_twins_loss', 'vicreg_loss', 'sinkhorn', 'swav_loss',
-           'dino_loss']
+__all__ = ['nt_xent', 'info_nce', 'nce_loss', 'byol_loss', 'cross_correlation', 'barlow_twins_loss', 'vicreg_loss', 'sinkhorn',
+           'swav_loss', 'dino_loss']
 
 # %% ../nbs/04_losses.ipynb #43f9bb47
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -77,12 +77,17 @@ def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(0)) / (z.var(0, unbiased=False) + eps).sqrt()
 
 
+def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    "Barlow Twins' C (D, D): the columns of z1 and z2 (N, D) standardised over the batch, then z1ᵀz2 / N."
+    return _standardise(z1).T @ _standardise(z2) / len(z1)
+
+
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
     """Barlow Twins (Zbontar et al. 2021, eq. 1): L = Σᵢ (1 − C_ii)² + λ Σ_{i≠j} C_ij²,
     C the cross-correlation of the batch-standardised embeddings, C_ij = Σ_b z¹_bi z²_bj / N.
 
     z1, z2: (N, D) embeddings of two views; row b of each comes from the same image."""
-    correlation = _standardise(z1).T @ _standardise(z2) / len(z1)         # (D, D)
+    correlation = cross_correlation(z1, z2)                               # (D, D)
     diagonal = torch.diagonal(correlation)
     off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
     return (1 - diagonal).pow(2).sum() + lambd * off_diagonal
