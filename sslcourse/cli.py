@@ -1,4 +1,4 @@
-"""`sslcourse list`, `pretrain METHOD`, `bench METHOD`, and Part 1's `finetune` and `transfer`, with one clear line and exit status 2 for bad input.
+"""`sslcourse list`, `pretrain METHOD`, `bench METHOD`, Part 1's `finetune` and `transfer`, and Part 5's `compare`, with one clear line and exit status 2 for bad input.
 
 Docs: https://sslcourse.github.io/sslcourse/cli.html.md"""
 
@@ -32,7 +32,7 @@ EXIT_STATUSES = {0: 'success',
                  USAGE_ERROR: 'bad input (an unknown name, missing data, an impossible option): one line',
                  DIVERGED: 'training diverged (the loss became NaN or infinite): one line; pretrain keeps '
                            'the last good checkpoint',
-                 INTERRUPTED: 'interrupted by Ctrl-C: one line; only pretrain can continue, with --resume'}
+                 INTERRUPTED: 'interrupted by Ctrl-C: one line; pretrain continues with --resume, compare when run again'}
 EPILOG = 'exit status:\n' + '\n'.join(f'  {status:<4} {meaning}' for status, meaning in EXIT_STATUSES.items())
 
 # what Ctrl-C leaves behind differs by command: only pretrain checkpoints, so only pretrain can --resume
@@ -41,7 +41,8 @@ INTERRUPTED_MESSAGES = {
     'pretrain': 'interrupted; pretrain checkpoints every epoch: run the same command with --resume to continue',
     'bench': 'interrupted; nothing was measured or written: run the same command again to benchmark from the start',
     'finetune': 'interrupted; nothing was written: run the same command again to fine-tune from the start',
-    'transfer': 'interrupted; nothing was written: run the same command again (fewer --seeds make it shorter)'}
+    'transfer': 'interrupted; nothing was written: run the same command again (fewer --seeds make it shorter)',
+    'compare': 'interrupted; every finished run is kept: run the same command again to continue from there'}
 
 
 def _training_arguments(parser):
@@ -69,9 +70,10 @@ def _training_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Part 1's experiments bring their own flags, defined beside the code they run
+    # Part 1's and Part 5's experiments bring their own flags, defined beside the code they run
     from sslcourse.transfer import add_finetune_arguments, run_finetune
     from sslcourse.layer_transfer import add_transfer_arguments, run_transfer
+    from sslcourse.compare import add_compare_arguments, run_compare
     layout = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser = _Parser(prog='sslcourse', description='Self-supervised learning course and experiment kit.', **layout)
     commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
@@ -86,14 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     pretraining.add_argument('--out', default=None,
                              help='folder for the checkpoint and figures (default: runs/METHOD-DATA-ARCH)')
     pretraining.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
-    pretraining.add_argument('--label-fraction', type=float, default=None,
-                             help='also fine-tune on this fraction of the labels, e.g. 0.01 or 0.1')
+    pretraining.add_argument('--label-fraction', type=float, nargs='+', default=None, metavar='FRACTION',
+                             help='also fine-tune on this fraction of the labels, e.g. 0.01, or on several: 0.01 0.1')
     benchmark = command('bench', bench, 'measure training throughput, without evaluation')
     _training_arguments(benchmark)
     benchmark.set_defaults(epochs=2)
     benchmark.add_argument('--peak-tflops', type=float, default=None, help="the device's peak TFLOP/s, to report MFU")
     add_finetune_arguments(command('finetune', run_finetune, 'fine-tune an ImageNet-pretrained network (Part 1)'))
     add_transfer_arguments(command('transfer', run_transfer, 'Yosinski et al. layer-transfer experiment (Part 1)'))
+    add_compare_arguments(command('compare', run_compare, 'every method on one budget: one table and one figure (Part 5)'))
     return parser
 
 # %% ../nbs/08_cli.ipynb #99926d6b
@@ -142,9 +145,9 @@ def _check_options(args):
     if args.epochs < 1: raise UsageError(f'--epochs must be at least 1, got {args.epochs}')
     if args.bs < 2: raise UsageError(f'--bs must be at least 2 (contrastive losses need negatives), got {args.bs}')
     if args.lr is not None and args.lr <= 0: raise UsageError(f'--lr must be positive, got {args.lr}')
-    fraction = getattr(args, 'label_fraction', None)
-    if fraction is not None and not 0 < fraction <= 1:
-        raise UsageError(f'--label-fraction must be in (0, 1], got {fraction}; for example 0.01 or 0.1')
+    for fraction in getattr(args, 'label_fraction', None) or []:
+        if not 0 < fraction <= 1:
+            raise UsageError(f'--label-fraction must be in (0, 1], got {fraction}; for example 0.01 or 0.1')
     if getattr(args, 'peak_tflops', None) is not None and args.peak_tflops <= 0:
         raise UsageError(f'--peak-tflops must be positive, got {args.peak_tflops}')
     return get_device(args.device)
@@ -194,9 +197,11 @@ def pretrain(args) -> dict:
     results = compare_with_baselines(encoder, data, device, size)
     print(format_results(results), flush=True)
     extra = {}
-    if args.label_fraction:
-        extra['finetune_acc'] = finetune(encoder, data, fraction=args.label_fraction, device=device, size=size)
-        print(f'fine-tuned on {args.label_fraction:.0%} of the labels: {extra["finetune_acc"]:.1%}')
+    if args.label_fraction:  # `finetune_acc`: the first fraction's; `finetune_by_fraction`: every one's
+        accuracies = {str(f): finetune(encoder, data, fraction=f, seed=args.seed, device=device, size=size)
+                      for f in args.label_fraction}
+        extra = dict(finetune_acc=accuracies[str(args.label_fraction[0])], finetune_by_fraction=accuracies)
+        for f, accuracy in accuracies.items(): print(f'fine-tuned on {float(f):.0%} of the labels: {accuracy:.1%}')
     save_figure(plot_training(learn, f'{args.method} on {args.data}'), out / 'loss.png')
     features = embed(encoder, data.test.images, data, device=device, size=size)
     save_figure(plot_embedding(features, data.test.labels, data.classes,

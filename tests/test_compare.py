@@ -1,0 +1,113 @@
+"""`sslcourse compare` (lesson 50): choosing methods, the seconds budget, resuming, the summary arithmetic, and one
+line with exit status 2 for every impossible request."""
+import contextlib, io, json, math
+import pytest
+from sslcourse import cli, compare as comparison
+from sslcourse.compare import (FAMILIES, FAMILY_NAMES, budget_epochs, calibrate, compare, format_table, select_methods,
+                               summarise, baselines)
+from sslcourse.core import UsageError
+from sslcourse.learner import list_methods
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def test_every_registered_method_has_a_family():
+    assert set(list_methods()) <= set(FAMILIES) and set(FAMILIES.values()) <= set(FAMILY_NAMES)
+
+
+def test_select_methods_by_name_family_and_all():
+    assert select_methods() == list_methods() == select_methods(['all'])
+    assert select_methods(['redundancy_reduction']) == [m for m in list_methods() if FAMILIES[m] == 'redundancy reduction']
+    chosen = select_methods(['rotnet', 'contrastive', 'simclr'])  # no repeats, in the order asked
+    assert chosen[0] == 'rotnet' and chosen.count('simclr') == 1 and 'moco' in chosen and 'byol' not in chosen
+    with pytest.raises(UsageError, match="unknown method or family 'simclrr'.*contrastive.*simclr") as error:
+        select_methods(['simclrr'])
+    assert '\n' not in str(error.value)
+
+
+def test_budget_epochs_rounds_and_keeps_one():
+    assert budget_epochs(60, 14.8) == 4 and budget_epochs(60, 22.8) == 3 and budget_epochs(60, 200) == 1
+
+
+def test_calibrate_scales_the_timed_epoch_to_the_training_split(tmp_path, monkeypatch):
+    calls = []
+    def fake_bench(arguments, in_process=False):
+        calls.append(arguments)
+        path = arguments[arguments.index('--json') + 1]
+        path.write_text(json.dumps({'seconds': 2.0}))
+        return 0, ''
+    monkeypatch.setattr(comparison, 'run_command', fake_bench)
+    common = ['--data', 'fashion_mnist_small', '--arch', 'convnet', '--bs', 64, '--device', 'cpu']
+    per_epoch, why = calibrate('simclr', common, tmp_path, limit=None, calibration_limit=50)
+    from sslcourse.data import get_data
+    assert why == '' and math.isclose(per_epoch, 2.0 * len(get_data().train) / len(get_data(limit=50).train))
+    assert calibrate('simclr', common, tmp_path, limit=None, calibration_limit=50)[0] == per_epoch
+    assert len(calls) == 1  # the second call reused the stored calibration
+
+
+def test_a_budget_shorter_than_half_an_epoch_is_impossible(tmp_path, monkeypatch):
+    monkeypatch.setattr(comparison, 'calibrate', lambda name, *a, **k: ({'simclr': 30.0, 'npid': 12.0}[name], ''))
+    with pytest.raises(UsageError, match=r'--seconds 5 is less than half an epoch of simclr, npid .*--seconds 15 or more'):
+        compare(['simclr', 'npid'], seconds=5, out=tmp_path / 'out', runs=tmp_path / 'runs', log=lambda line: None)
+    assert not (tmp_path / 'out').exists()  # nothing was trained or written
+
+
+@pytest.mark.parametrize('arguments, fragment', [
+    (['compare', 'simclrr'], "unknown method or family 'simclrr'"),
+    (['compare', 'simclr', '--seconds', '0'], '--seconds must be a positive'),
+    (['compare', 'simclr', '--seconds', 'nan'], '--seconds must be a positive'),
+    (['compare', 'simclr', '--epochs', '0'], '--epochs must be at least 1'),
+    (['compare', 'simclr', '--seeds', '0'], '--seeds must be at least 1'),
+    (['compare', 'simclr', '--label-fraction', '1.5'], '--label-fraction must be in (0, 1]'),
+    (['compare', 'simclr', '--data', 'mnistt'], "unknown dataset 'mnistt'"),
+    (['compare', 'simclr', '--seconds', '30', '--epochs', '2'], 'not allowed with argument'),
+    (['pretrain', 'simclr', '--label-fraction', '0.1', '0'], '--label-fraction must be in (0, 1], got 0.0')])
+def test_impossible_requests_exit_2_with_one_line(arguments, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error = io.StringIO()
+    with contextlib.redirect_stderr(error): status = cli.main(arguments)
+    lines = error.getvalue().strip().splitlines()
+    assert status == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / 'benchmarks').exists() and not (tmp_path / 'runs').exists()
+
+
+def test_summary_means_and_spreads_over_seeds():
+    def record(method, seed, knn, linear, finetune):
+        return dict(method=method, seed=seed, epochs=2, seconds=10.0, img_per_s=100.0 + seed, peak_memory_mb=500.0,
+                    knn_acc=knn, linear_acc=linear, finetune_by_fraction={'0.1': finetune},
+                    collapse_history=[[1, 0.05, 16.0], [2, 0.0625, 32.0]], embedding_dim=64,
+                    baselines={'random init': dict(knn=0.7, linear=0.8), 'raw pixels': dict(knn=0.75, linear=0.78)})
+    report = dict(fractions=['0.1'], records=[record('simclr', 0, 0.70, 0.84, 0.6), record('simclr', 1, 0.74, 0.86, 0.7),
+                                              record('rotnet', 0, 0.60, 0.88, 0.5)],
+                  finetune_random_init={0: {'0.1': 0.55}, 1: {'0.1': 0.65}}, skipped={'colorization': 'needs colour'},
+                  diverged={}, failed={})
+    rows = summarise(report)
+    assert [row['method'] for row in rows] == ['rotnet', 'simclr']  # best linear probe first
+    simclr = rows[1]
+    assert simclr['seeds'] == 2 and math.isclose(simclr['knn'][0], 0.72) and math.isclose(simclr['knn'][1], math.sqrt(0.0008))
+    assert simclr['seconds_per_epoch'] == (5.0, 0.0) and rows[0]['knn'][1] is None  # one seed: no spread
+    assert math.isclose(simclr['spread'][0], 0.0625 * 8) and math.isclose(simclr['rank'][0], 0.5)  # the last epoch's
+    floor = baselines(report)
+    assert floor['random init']['finetune 0.1'][0] == pytest.approx(0.6) and floor['raw pixels']['linear'] == pytest.approx((0.78, 0.0))
+    table = format_table(report).splitlines()
+    assert len(table) == 2 + 2 + 2 + 1 and table[-1].startswith('| colorization | pretext | did not run: needs colour')
+
+
+def test_a_small_comparison_runs_resumes_and_skips(tmp_path):
+    log = []
+    arguments = ['compare', 'colorization', 'rotnet', '--epochs', '1', '--limit', '10', '--bs', '32',
+                 '--label-fraction', '0.1', '0.5', '--device', 'cpu', '--out', str(tmp_path / 'out'),
+                 '--runs', str(tmp_path / 'runs')]
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = comparison.run_compare(cli.build_parser().parse_args(arguments), in_process=True)
+    assert [r['method'] for r in report['records']] == ['rotnet'] and not report['failed']
+    assert 'colour' in report['skipped']['colorization'] and not report['skipped']['colorization'].startswith('sslcourse')
+    for record in report['records']:
+        assert set(record['finetune_by_fraction']) == {'0.1', '0.5'} and record['finetune_acc'] == record['finetune_by_fraction']['0.1']
+        assert record['family'] == FAMILIES[record['method']] and record['knn_acc'] > 0.2
+    assert set(report['finetune_random_init'][0]) == {'0.1', '0.5'}
+    written = {p.name for p in (tmp_path / 'out').iterdir()}
+    assert {'compare.json', 'compare.md', 'compare.png', 'records'} <= written
+    again = compare(['rotnet'], None, 1, [0], [0.1, 0.5], 'fashion_mnist_small', 'convnet', 32, 'cpu', 10,
+                    tmp_path / 'out', tmp_path / 'runs', in_process=True, log=log.append)
+    assert log[0].startswith('rotnet seed 0: kept') and again['records'][0] == report['records'][0]
