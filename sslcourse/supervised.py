@@ -62,8 +62,9 @@ def supervised_classifier(data: ImageData, recipe: Recipe, widths=(32, 64, 128, 
 
 def train_supervised(data: ImageData, per_class: int | None = None, recipe: str | Recipe = 'plain', seed: int = 0,
                      epochs: int = 15, min_steps: int = 150, max_steps: int = 600, bs: int = 64, lr: float = 3e-3,
-                     widths=(32, 64, 128, 256), device=None) -> dict:
-    "Train from scratch on `per_class` labels of each class (None: all) and return the test accuracy and cost."
+                     widths=(32, 64, 128, 256), device=None, keep_model: bool = False) -> dict:
+    """Train from scratch on `per_class` labels of each class (None: all) and return the test accuracy and cost
+    (and the trained `model` too, with `keep_model`)."""
     recipe, device = get_recipe(recipe), get_device(device)
     smallest = int(torch.bincount(data.train.labels[data.train.labels >= 0]).min())
     per_class = smallest if per_class is None else per_class
@@ -79,7 +80,7 @@ def train_supervised(data: ImageData, per_class: int | None = None, recipe: str 
     seconds = time.perf_counter() - start
     test = GPUBatches(data.test, 512, device, shuffle=False, drop_last=False)
     return dict(per_class=per_class, accuracy=accuracy(model, test, data.normalize), seconds=seconds,
-                steps=epochs * (len(train) // batch), train_size=len(train))
+                steps=epochs * (len(train) // batch), train_size=len(train), **({'model': model} if keep_model else {}))
 
 # %% ../nbs/10_supervised.ipynb #52da0ae9
 def label_scarcity_curve(data: ImageData, per_class=(10, 50, 100, 500, None), recipe: str | Recipe = 'plain',

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import matplotlib
 import matplotlib.pyplot as plt
+from .core import UsageError
 
 # %% auto #0
-__all__ = ['plot_training', 'save_figure', 'plot_embedding', 'first_conv', 'show_filters']
+__all__ = ['PROJECTIONS', 'plot_training', 'save_figure', 'project', 'plot_embedding', 'first_conv', 'show_filters']
 
 # %% ../nbs/06_viz.ipynb #1f552271
 def _plot_collapse(ax, monitor):
@@ -65,22 +66,43 @@ def save_figure(fig: matplotlib.figure.Figure, path, dpi: int = 120):
     return path
 
 # %% ../nbs/06_viz.ipynb #437f4a46
+PROJECTIONS = ('tsne', 'umap', 'pca')
+
+
+def project(features, method: str = 'tsne', seed: int = 0, neighbours: int = 30) -> np.ndarray:
+    """2-D coordinates of the rows of `features` (a tensor or array): t-SNE (scikit-learn, PCA initialisation), UMAP
+    (umap-learn) or PCA. `neighbours` is t-SNE's perplexity and UMAP's n_neighbors (both capped below the row count)."""
+    features = features.float().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float32)
+    neighbours = max(2, min(neighbours, len(features) - 1))
+    if method == 'tsne':
+        from sklearn.manifold import TSNE
+        return TSNE(2, init='pca', random_state=seed, perplexity=neighbours).fit_transform(features)
+    if method == 'umap':
+        import umap  # imported here: numba compiles it on first use, a few seconds
+        return umap.UMAP(n_neighbors=neighbours, random_state=seed, n_jobs=1).fit_transform(features)
+    if method == 'pca':
+        from sklearn.decomposition import PCA
+        return PCA(2, random_state=seed).fit_transform(features)
+    raise UsageError(f"unknown projection '{method}'; choose from: {', '.join(PROJECTIONS)}")
+
+
 def plot_embedding(features: torch.Tensor, labels: torch.Tensor, classes: list, title: str = 'embedding (t-SNE)',
-                   max_points: int = 2000, seed: int = 0) -> matplotlib.figure.Figure:
-    "A t-SNE scatter of `features`, coloured by `labels`."
-    from sklearn.manifold import TSNE
+                   max_points: int = 2000, seed: int = 0, method: str = 'tsne', ax=None) -> matplotlib.figure.Figure:
+    "A 2-D scatter of `features` by `project` (t-SNE by default), coloured by `labels`."
     features, labels = features.float().cpu().numpy(), labels.cpu().numpy()
     if len(features) > max_points:
         keep = np.random.default_rng(seed).choice(len(features), max_points, replace=False)
         features, labels = features[keep], labels[keep]
-    points = TSNE(2, init='pca', random_state=seed, perplexity=min(30, len(features) - 1)).fit_transform(features)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    points = project(features, method, seed)
+    if ax is None: fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    else: fig = ax.figure
     colours = plt.get_cmap('tab10' if len(classes) <= 10 else 'tab20')
     for index, name in enumerate(classes):
         chosen = labels == index
         if chosen.any(): ax.scatter(*points[chosen].T, s=4, color=colours(index % colours.N), label=name)
     ax.legend(markerscale=3, fontsize=7, loc='best'); ax.set_xticks([]); ax.set_yticks([])
-    ax.set_xlabel('t-SNE 1'); ax.set_ylabel('t-SNE 2'); ax.set_title(title); fig.tight_layout()
+    axis = {'tsne': 't-SNE', 'umap': 'UMAP', 'pca': 'PC'}[method]
+    ax.set_xlabel(f'{axis} 1'); ax.set_ylabel(f'{axis} 2'); ax.set_title(title); fig.tight_layout()
     return fig
 
 # %% ../nbs/06_viz.ipynb #56e4a74e
