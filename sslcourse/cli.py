@@ -194,7 +194,7 @@ def pretrain(args) -> dict:
     if not is_main(): return {}  # rank 0 evaluates and writes; the others are done
     timing, training_memory = learn.throughput.summary(), peak_memory_mb(device)  # before evaluation adds its own
     encoder, size = learn.method.encoder, learn.method.views[0].size
-    results = compare_with_baselines(encoder, data, device, size)
+    results = compare_with_baselines(encoder, data, device, size, seed=args.seed)
     print(format_results(results), flush=True)
     extra = {}
     if args.label_fraction:  # `finetune_acc`: the first fraction's; `finetune_by_fraction`: every one's

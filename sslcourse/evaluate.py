@@ -134,15 +134,17 @@ def reinitialised(encoder: nn.Module, seed: int = 0) -> nn.Module:
     return fresh
 
 
-def compare_with_baselines(encoder: nn.Module, data: ImageData, device=None, size: int | None = None) -> dict:
-    "{representation: {knn, linear}} for the encoder, the same encoder at random init, and raw pixels."
+def compare_with_baselines(encoder: nn.Module, data: ImageData, device=None, size: int | None = None,
+                           seed: int = 0) -> dict:
+    """{representation: {knn, linear}} for the encoder, the same encoder at random init (drawn with `seed`: seed 0 is
+    the draw every lesson's table shows), and raw pixels."""
     device = get_device(device)  # `embed` runs a copy of the encoder there when it lives elsewhere
     train, test = pixels(data.train.images.to(device), data), pixels(data.test.images.to(device), data)
     train_labels, test_labels = data.train.labels.to(device), data.test.labels.to(device)
     raw = dict(knn=knn_accuracy(train, train_labels, test, test_labels),
                linear=linear_probe(train, train_labels, test, test_labels))
     return {'ssl': evaluate_encoder(encoder, data, device, size),
-            'random init': evaluate_encoder(reinitialised(encoder), data, device, size),
+            'random init': evaluate_encoder(reinitialised(encoder, seed), data, device, size),
             'raw pixels': raw}
 
 
