@@ -202,6 +202,8 @@ def pretrain(args) -> dict:
                       for f in args.label_fraction}
         extra = dict(finetune_acc=accuracies[str(args.label_fraction[0])], finetune_by_fraction=accuracies)
         for f, accuracy in accuracies.items(): print(f'fine-tuned on {float(f):.0%} of the labels: {accuracy:.1%}')
+    if getattr(learn.method, 'cluster_history', None):  # clustering methods: NMI and cluster sizes per label step
+        extra['cluster_history'] = learn.method.cluster_history
     save_figure(plot_training(learn, f'{args.method} on {args.data}'), out / 'loss.png')
     features = embed(encoder, data.test.images, data, device=device, size=size)
     save_figure(plot_embedding(features, data.test.labels, data.classes,

@@ -146,3 +146,13 @@ def test_cli_more_clusters_than_images_exits_2(tmp_path, monkeypatch, capsys):
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith('sslcourse: error: ') and 'clusters=500' in lines[0], err
     assert not (tmp_path / 'out' / 'checkpoint.pth').exists()
+
+
+def test_cli_json_records_the_cluster_history(tmp_path):
+    "NMI and cluster sizes per epoch reach the JSON record, one entry per label step."
+    import json
+    record = tmp_path / 'run.json'
+    status = cli.main(['pretrain', 'deepcluster', '--limit', '20', '--epochs', '2', '--bs', '64', '--device', 'cpu',
+                       '-o', 'clusters=10', '--out', str(tmp_path / 'out'), '--json', str(record)])
+    history = json.loads(record.read_text())['cluster_history']
+    assert status == 0 and [h['epoch'] for h in history] == [1, 2] and history[1]['nmi_previous'] is not None
