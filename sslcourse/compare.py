@@ -74,7 +74,7 @@ def run_command(arguments, in_process: bool = False) -> tuple[int, str]:
 def calibrate(name: str, common: list, folder: Path, limit: int | None, calibration_limit: int = 200,
               in_process: bool = False) -> tuple[float | None, str]:
     """Seconds per epoch of `name` on the training split (`limit` images per class, or all), from
-    `sslcourse bench --epochs 2` on `calibration_limit` per class; (None, why) if the method cannot run here.
+    `sslcourse bench --epochs 2` on `calibration_limit` per class, scaled by the number of steps; (None, why) if the method cannot run here.
     A calibration already in `folder` with the same arguments is reused."""
     per_class = calibration_limit if limit is None else min(limit, calibration_limit)
     record = Path(folder) / f'bench-{name}.json'
@@ -83,8 +83,9 @@ def calibrate(name: str, common: list, folder: Path, limit: int | None, calibrat
         status, line = run_command([*arguments, '--json', record], in_process)
         if status != 0: return None, line
         write_json(record, {**json.loads(record.read_text()), 'arguments': [str(a) for a in arguments]})
-    data_name = common[common.index('--data') + 1]
-    calibrated, full = (len(get_data(data_name, limit=n).train) for n in (per_class, limit))
+    data_name, bs = common[common.index('--data') + 1], int(common[common.index('--bs') + 1])
+    # scale by optimiser steps, not images: the last partial batch is dropped (2,000 images at batch 256 are 7 steps, not 7.8)
+    calibrated, full = (max(1, len(get_data(data_name, limit=n).train) // bs) for n in (per_class, limit))
     return json.loads(record.read_text())['seconds'] * full / calibrated, ''
 
 
