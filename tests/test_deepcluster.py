@@ -156,3 +156,14 @@ def test_cli_json_records_the_cluster_history(tmp_path):
                        '-o', 'clusters=10', '--out', str(tmp_path / 'out'), '--json', str(record)])
     history = json.loads(record.read_text())['cluster_history']
     assert status == 0 and [h['epoch'] for h in history] == [1, 2] and history[1]['nmi_previous'] is not None
+
+
+def test_resume_keeps_the_cluster_history(tmp_path):
+    "The history is part of the method's state, so a resumed run's JSON still holds the label steps before the resume."
+    import json
+    common = ['pretrain', 'deepcluster', '--limit', '20', '--bs', '64', '--device', 'cpu', '-o', 'clusters=10',
+              '--out', str(tmp_path / 'out'), '--json', str(tmp_path / 'run.json')]
+    assert cli.main([*common, '--epochs', '1']) == 0
+    assert cli.main([*common, '--epochs', '2', '--resume']) == 0
+    history = json.loads((tmp_path / 'run.json').read_text())['cluster_history']
+    assert [h['epoch'] for h in history] == [1, 2]

@@ -89,6 +89,9 @@ def test_label_steps_keep_the_head_and_use_sinkhorn_on_the_heads_predictions(dat
     assert [h['epoch'] for h in history] == [1, 2, 3] and history[0]['nmi_previous'] is None
     assert 0 < history[2]['nmi_previous'] <= 1 and history[2]['changed'] == int((watch.pseudo[2] != watch.pseudo[1]).sum())
     assert 'assignments' in learn.method.state_dict()  # checkpointed with the weights
+    fresh = ssl_learner('sela', data, bs=50, device='cpu', knn_every=None, probe=False, progress='none', clusters=10)
+    fresh.method.load_state_dict(learn.method.state_dict())  # what --resume does: the history comes back with the state
+    assert fresh.method.cluster_history == history and fresh.method.cluster_history is not history
     # the module's own label step on the trained head agrees with the hand-made one
     logp = head_log_probabilities(learn.method.encoder, learn.method.head, data.train.images, data)
     torch.testing.assert_close(logp, watch.log_probabilities[-1], rtol=1e-4, atol=1e-4)

@@ -117,6 +117,9 @@ class DeepCluster(Method):
         self.clusters, self.pca_dim, self.kmeans_iterations, self.size = clusters, pca_dim, kmeans_iterations, size
         self.cluster_history = []  # one dict per epoch (not `history`: the Learner forwards names to the model)
 
+    def get_extra_state(self): return dict(cluster_history=self.cluster_history)  # in state_dict: --resume keeps it
+    def set_extra_state(self, state): self.cluster_history = list(state['cluster_history'])
+
     @torch.no_grad()
     def cluster(self, images, data, seed: int = 0) -> tuple[torch.Tensor, int]:
         "Pseudo-labels of `images` by the current encoder: features → PCA-whitening → L2 → k-means; and the re-seeds."

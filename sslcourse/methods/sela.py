@@ -62,6 +62,9 @@ class SeLa(Method):
         self.equipartition, self.size = equipartition, size
         self.cluster_history = []  # one dict per label step (not `history`: the Learner forwards names to the model)
 
+    def get_extra_state(self): return dict(cluster_history=self.cluster_history)  # in state_dict: --resume keeps it
+    def set_extra_state(self, state): self.cluster_history = list(state['cluster_history'])
+
     @torch.no_grad()
     def label(self, images, data) -> torch.Tensor:
         "The label step on `images`: Sinkhorn's hard labels, or the head's argmax when `equipartition` is off."
