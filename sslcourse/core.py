@@ -14,7 +14,7 @@ import torch
 warnings.filterwarnings('ignore', category=FutureWarning, message=r'.*torch\.jit\.script.*')
 
 # %% auto #0
-__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'budget', 'Registry', 'write_json']
+__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'budget', 'Registry', 'check_names', 'write_json']
 
 # %% ../nbs/00_core.ipynb #39c9ef58
 class UsageError(ValueError):
@@ -73,6 +73,16 @@ class Registry:
     def __contains__(self, name): return name in self._items
     def __len__(self): return len(self._items)
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+# %% ../nbs/00_core.ipynb #21a4503a
+def check_names(names, known, kind: str = 'name') -> tuple:
+    "`names` (one name or several) as a tuple of distinct members of `known`; a one-line `UsageError` saying what would work otherwise."
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names: raise UsageError(f"the {kind} list is empty; choose from: {', '.join(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown: raise UsageError(f"unknown {kind} '{unknown[0]}'; choose from: {', '.join(known)}")
+    if len(set(names)) < len(names): raise UsageError(f"each {kind} may appear once, got {', '.join(names)}")
+    return names
 
 # %% ../nbs/00_core.ipynb #2ce39e52
 def write_json(path: str | Path, record) -> Path:

@@ -10,7 +10,7 @@ import math, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import UsageError, get_device, seed_everything
+from .core import UsageError, check_names, get_device, seed_everything
 from .data import ImageData, label_subset
 from .models import create_encoder, mlp
 from .methods.rotnet import rotate_batch
@@ -25,13 +25,8 @@ TASKS = ('classification', 'rotation', 'reconstruction')
 
 
 def check_tasks(tasks) -> tuple:
-    "`tasks` as a tuple of known, distinct task names; a one-line `UsageError` otherwise."
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    if not tasks: raise UsageError(f"the task list is empty; choose one or more of: {', '.join(TASKS)}")
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown: raise UsageError(f"unknown task '{unknown[0]}'; choose from: {', '.join(TASKS)}")
-    if len(set(tasks)) < len(tasks): raise UsageError(f'each task may appear once, got {", ".join(tasks)}')
-    return tasks
+    "`tasks` (one name or several) as a tuple of known, distinct task names; a one-line `UsageError` otherwise."
+    return check_names(tasks, TASKS, 'task')
 
 # %% ../nbs/53_multitask.ipynb #cca7ea50
 class Decoder(nn.Module):
