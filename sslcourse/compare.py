@@ -17,7 +17,7 @@ from .data import get_data, list_datasets
 # %% auto #0
 __all__ = ['FAMILIES', 'FAMILY_NAMES', 'METRICS', 'FAMILY_COLOURS', 'family', 'select_methods', 'run_command', 'calibrate',
            'budget_epochs', 'finetune_baseline', 'compare', 'machine', 'summarise', 'baselines', 'format_table',
-           'plot_comparison', 'add_compare_arguments', 'run_compare']
+           'plot_comparison', 'family_winners', 'format_winners', 'plot_cost', 'add_compare_arguments', 'run_compare']
 
 # %% ../nbs/50_benchmark.ipynb #cb3058be
 FAMILIES = {
@@ -206,6 +206,8 @@ def summarise(report: dict) -> list[dict]:
         row = dict(method=name, family=family(name), seeds=len(records), epochs=records[0]['epochs'],
                    seconds_per_epoch=_mean_std(r['seconds'] / r['epochs'] for r in records))
         for key, field in METRICS.items(): row[key] = _mean_std(r.get(field) for r in records)
+        for key in ('knn', 'linear'):  # against this method's own encoder at random init (CPC's and Selfie's differ)
+            row[f'{key} gain'] = _mean_std(r[f'{key}_acc'] - r['baselines']['random init'][key] for r in records)
         for fraction in report['fractions']:
             row[f'finetune {fraction}'] = _mean_std(r.get('finetune_by_fraction', {}).get(fraction) for r in records)
         spreads, ranks = zip(*(_collapse(r) for r in records))
@@ -214,12 +216,19 @@ def summarise(report: dict) -> list[dict]:
     return sorted(rows, key=lambda row: -(row['linear'][0] or 0))
 
 
+def _shared_draw(records, name: str, metric: str) -> list:
+    """Per seed, the value of baseline `name` that most records share: the course's encoder at random init. A method
+    that builds its own encoder (CPC, Selfie) has its own random init, which is not a spread over seeds."""
+    by_seed = {}
+    for r in records: by_seed.setdefault(r.get('seed', 0), []).append(r['baselines'][name][metric])
+    return [max(values, key=values.count) for values in by_seed.values()]
+
+
 def baselines(report: dict) -> dict:
     "{'random init': {metric: (mean, std)}, 'raw pixels': {...}} from the records and the fine-tuning floor."
     result = {}
     for name in ('random init', 'raw pixels'):
-        result[name] = {metric: _mean_std(r['baselines'][name][metric] for r in report['records'])
-                        for metric in ('knn', 'linear')}
+        result[name] = {metric: _mean_std(_shared_draw(report['records'], name, metric)) for metric in ('knn', 'linear')}
     for fraction in report['fractions']:
         result['random init'][f'finetune {fraction}'] = _mean_std(
             accuracies[fraction] for accuracies in report['finetune_random_init'].values())
@@ -234,20 +243,27 @@ def _cell(value, percent: bool = True) -> str:
     return text
 
 
+def _points(value) -> str:
+    "A difference of accuracies in points, signed, with its spread over seeds."
+    mean, std = value
+    if mean is None: return ''
+    return f'{mean * 100:+.1f}' + (f' ± {std * 100:.1f}' if std is not None else '')
+
+
 def format_table(report: dict) -> str:
     "The comparison as a markdown table, best linear probe first, then the baselines and the methods that did not run."
     fractions = report['fractions']
-    header = (['method', 'family', 'epochs', 's/epoch', 'img/s', 'peak MB', 'kNN', 'linear'] +
+    header = (['method', 'family', 'epochs', 's/epoch', 'img/s', 'peak MB', 'kNN', 'linear', 'linear − own init'] +
               [f'fine-tune {float(f):.0%}' for f in fractions] + ['spread·√d', 'rank/d'])
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in summarise(report):
         cells = [row['method'], row['family'], str(row['epochs']), _cell(row['seconds_per_epoch'], False),
                  _cell(row['img_per_s'], False), _cell(row['peak_memory_mb'], False), _cell(row['knn']),
-                 _cell(row['linear'])] + [_cell(row[f'finetune {f}']) for f in fractions] + \
+                 _cell(row['linear']), _points(row['linear gain'])] + [_cell(row[f'finetune {f}']) for f in fractions] + \
                 [_cell(row['spread'], False), _cell(row['rank'], False)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     for name, values in baselines(report).items():
-        cells = [name, '', '', '', '', '', _cell(values['knn']), _cell(values['linear'])] + \
+        cells = [name, '', '', '', '', '', _cell(values['knn']), _cell(values['linear']), ''] + \
                 [_cell(values.get(f'finetune {f}', (None, None))) for f in fractions] + ['', '']
         lines.append('| ' + ' | '.join(cells) + ' |')
     for name, why in {**report['skipped'], **report['diverged'], **report['failed']}.items():
@@ -300,6 +316,68 @@ def plot_comparison(report: dict, metrics=None):
                  f"{len(report['seeds'])} seed(s); {report['machine']}")
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     return fig
+
+# %% ../nbs/50_benchmark.ipynb #940622d2
+def family_winners(report: dict, metrics=None) -> list[dict]:
+    """For each accuracy metric: the better baseline and, per family, its best method by the mean over seeds,
+    as `{'metric', 'baseline': (name, value), family: (method, mean, std)}`."""
+    rows, floor = summarise(report), baselines(report)
+    metrics = metrics or ['knn', 'linear', *[f'finetune {f}' for f in report['fractions']]]
+    table = []
+    for metric in metrics:
+        known = {name: values[metric][0] for name, values in floor.items() if values.get(metric, (None,))[0] is not None}
+        best_baseline = max(known, key=known.get) if known else None
+        entry = dict(metric=metric, baseline=(best_baseline, known.get(best_baseline)))
+        for name in FAMILY_NAMES:
+            members = [row for row in rows if row['family'] == name and row[metric][0] is not None]
+            if members:
+                best = max(members, key=lambda row: row[metric][0])
+                entry[name] = (best['method'], *best[metric])
+        table.append(entry)
+    return table
+
+
+def format_winners(report: dict) -> str:
+    "`family_winners` as a markdown table: each family's best method and its margin over the better baseline, in points."
+    names = [f for f in FAMILY_NAMES if any(r['family'] == f for r in summarise(report))]
+    lines = ['| measurement | better baseline | ' + ' | '.join(names) + ' |', '|' + '---|' * (len(names) + 2)]
+    for entry in family_winners(report):
+        baseline, reference = entry['baseline']
+        metric = entry['metric']
+        label = f'fine-tune {float(metric.split()[-1]):.0%}' if metric.startswith('finetune') else metric
+        cells = [label, f'{baseline} {reference:.1%}' if baseline else '']
+        for name in names:
+            if name not in entry: cells.append(''); continue
+            method, mean, _ = entry[name]
+            cells.append(f'{method} {mean:.1%} ({(mean - reference) * 100:+.1f})' if reference is not None else f'{method} {mean:.1%}')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_cost(report: dict, metric: str = 'linear', ax=None):
+    "What accuracy costs: `metric` against training images/s, one point per method coloured by family, baselines as lines."
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    rows, floor = summarise(report), baselines(report)
+    if ax is None: _, ax = plt.subplots(figsize=(7.5, 5))
+    for row in rows:
+        if row[metric][0] is None or row['img_per_s'][0] is None: continue
+        ax.errorbar(row['img_per_s'][0], row[metric][0], yerr=row[metric][1] or 0, fmt='o',
+                    color=FAMILY_COLOURS[row['family']], markersize=6)
+        ax.annotate(row['method'], (row['img_per_s'][0], row[metric][0]), fontsize=8, xytext=(4, 3),
+                    textcoords='offset points')
+    for baseline, style in (('random init', '--'), ('raw pixels', ':')):
+        value = floor[baseline].get(metric, (None, None))[0]
+        if value is not None: ax.axhline(value, color='k', linestyle=style, linewidth=1, label=baseline)
+    for name, colour in FAMILY_COLOURS.items():
+        if any(r['family'] == name for r in rows): ax.plot([], [], 'o', color=colour, label=name)
+    ax.set_xscale('log'); ax.set_xlabel('training images/s (log scale; higher is cheaper)')
+    ax.xaxis.set_major_formatter(ScalarFormatter()); ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    title = f'fine-tuned on {float(metric.split()[-1]):.0%} of the labels' if metric.startswith('finetune') else f'{metric} accuracy'
+    ax.set_ylabel(f'{title} (test)'); ax.set_title(f'{title} against training speed')
+    ax.legend(fontsize=8, loc='best')
+    return ax
 
 # %% ../nbs/50_benchmark.ipynb #4017696d
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

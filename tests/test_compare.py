@@ -4,7 +4,7 @@ import contextlib, io, json, math
 import pytest
 from sslcourse import cli, compare as comparison
 from sslcourse.compare import (FAMILIES, FAMILY_NAMES, budget_epochs, calibrate, compare, format_table, select_methods,
-                               summarise, baselines)
+                               summarise, baselines, family_winners, format_winners)
 from sslcourse.core import UsageError
 from sslcourse.learner import list_methods
 
@@ -93,6 +93,42 @@ def test_summary_means_and_spreads_over_seeds():
     table = format_table(report).splitlines()
     assert len(table) == 2 + 2 + 2 + 1 and table[-1].startswith('| colorization | pretext | did not run: needs colour')
 
+
+
+
+def test_a_method_with_its_own_encoder_is_measured_against_its_own_random_init():
+    "CPC and Selfie wrap the ConvNet, so their random init differs: their gain uses theirs, the baseline row the shared draw."
+    def record(method, seed, linear, own_init):
+        return dict(method=method, seed=seed, epochs=1, seconds=1.0, img_per_s=1.0, peak_memory_mb=1.0, knn_acc=0.7,
+                    linear_acc=linear, collapse_history=[], embedding_dim=8,
+                    baselines={'random init': dict(knn=0.7, linear=own_init), 'raw pixels': dict(knn=0.78, linear=0.8)})
+    report = dict(fractions=[], records=[record('simclr', 0, 0.85, 0.82), record('rotnet', 0, 0.84, 0.82),
+                                         record('cpc', 0, 0.83, 0.84), record('simclr', 1, 0.86, 0.81),
+                                         record('rotnet', 1, 0.83, 0.81), record('cpc', 1, 0.82, 0.85)],
+                  finetune_random_init={}, skipped={}, diverged={}, failed={})
+    floor = baselines(report)['random init']['linear']
+    assert floor[0] == pytest.approx(0.815) and floor[1] == pytest.approx(math.sqrt(0.00005))  # seeds 0 and 1, not cpc's
+    gains = {row['method']: row['linear gain'] for row in summarise(report)}
+    assert gains['cpc'][0] == pytest.approx(-0.02) and gains['simclr'][0] == pytest.approx(0.04)
+    assert gains['simclr'][1] == pytest.approx(math.sqrt(0.0002))  # +3 and +5 points over the seeds' own draws
+
+
+def test_family_winners_pick_each_familys_best_against_the_better_baseline():
+    def record(method, seed, knn, linear):
+        return dict(method=method, seed=seed, epochs=1, seconds=1.0, img_per_s=100.0, peak_memory_mb=1.0, knn_acc=knn,
+                    linear_acc=linear, finetune_by_fraction={'0.1': linear - 0.1}, collapse_history=[], embedding_dim=8,
+                    baselines={'random init': dict(knn=0.70, linear=0.82), 'raw pixels': dict(knn=0.78, linear=0.80)})
+    report = dict(fractions=['0.1'], records=[record('rotnet', 0, 0.75, 0.85), record('jigsaw', 0, 0.79, 0.83),
+                                              record('simclr', 0, 0.80, 0.84), record('simclr', 1, 0.70, 0.86)],
+                  finetune_random_init={0: {'0.1': 0.70}}, skipped={}, diverged={}, failed={})
+    knn, linear, finetune = family_winners(report)
+    assert knn['baseline'] == ('raw pixels', 0.78) and linear['baseline'] == ('random init', 0.82)
+    assert knn['pretext'] == ('jigsaw', 0.79, None) and linear['pretext'][:2] == ('rotnet', 0.85)  # best per metric
+    assert knn['contrastive'][:2] == ('simclr', pytest.approx(0.75)) and knn['contrastive'][2] == pytest.approx(math.sqrt(0.005))
+    assert 'clustering' not in knn and finetune['baseline'] == ('random init', 0.70)
+    table = format_winners(report).splitlines()
+    assert table[0] == '| measurement | better baseline | pretext | contrastive |' and len(table) == 2 + 3
+    assert '| knn | raw pixels 78.0% | jigsaw 79.0% (+1.0) | simclr 75.0% (-3.0) |' == table[2]
 
 def test_a_small_comparison_runs_resumes_and_skips(tmp_path):
     log = []
