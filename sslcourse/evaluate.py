@@ -22,7 +22,7 @@ from .data import ImageData, label_subset, GPUBatches, Split
 # %% auto #0
 __all__ = ['embed', 'pixels', 'knn_accuracy', 'accuracy', 'standardise', 'linear_probe', 'evaluate_encoder', 'reinitialised',
            'compare_with_baselines', 'format_results', 'Classifier', 'TrainingInput', 'classifier_learner',
-           'training_epochs', 'finetune']
+           'training_epochs', 'finetune', 'fit_classifier']
 
 # %% ../nbs/05_evaluate.ipynb #08f43ee2
 def _resolved(device: torch.device) -> torch.device:
@@ -192,17 +192,25 @@ def finetune(encoder: nn.Module, data: ImageData, fraction: float | None = None,
     """Test accuracy after fine-tuning a copy of `encoder` plus a linear head on a seeded label subset.
     `epochs` is stretched to at least `min_steps` optimiser steps (150; 20 under IN_TEST) and cut to `max_steps`:
     10 labels per class is one batch, and ten one-step epochs would barely move the weights."""
-    from sslcourse.augment import ViewPipeline
     device = get_device(device); seed_everything(seed)
     subset = data.train[label_subset(data.train.labels, fraction, per_class, seed)]
     size = size or data.size
-    augment = ViewPipeline(size, data.mean, data.std, scale=(0.6, 1.0), jitter=0.0, grayscale=0.0)
     def test_input(images):  # normalised and resized to the training size, without augmentation
         x = data.normalize(images)
         return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False) if size != data.size else x
     model = Classifier(copy.deepcopy(encoder), data.num_classes).to(device)
     batch = min(bs, len(subset))
     epochs = training_epochs(len(subset), batch, epochs, budget(150, 20) if min_steps is None else min_steps, max_steps)
-    learn = classifier_learner(model, subset, augment, batch, device, weight_decay=0.05)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    fit_classifier(model, subset, data, epochs, lr, batch, device, size)
     return accuracy(model, GPUBatches(data.test, 512, device, shuffle=False, drop_last=False), test_input)
+
+
+def fit_classifier(model: nn.Module, train, data: ImageData, epochs: int, lr: float = 1e-3, bs: int = 64, device=None,
+                   size: int | None = None) -> nn.Module:
+    """Train `model` (an encoder and its head) on the labelled split `train` with the course's fine-tuning recipe:
+    crops of 60–100% of the image resized to `size`, AdamW with weight decay 0.05, `epochs` one-cycle epochs; returns it."""
+    from sslcourse.augment import ViewPipeline
+    augment = ViewPipeline(size or data.size, data.mean, data.std, scale=(0.6, 1.0), jitter=0.0, grayscale=0.0)
+    learn = classifier_learner(model, train, augment, min(bs, len(train)), get_device(device), weight_decay=0.05)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    return model

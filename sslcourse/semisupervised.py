@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .core import UsageError, get_device, seed_everything
 from .data import ImageData, Split, GPUBatches, label_subset
 from .augment import ViewPipeline
-from .evaluate import Classifier, accuracy, classifier_learner, training_epochs
+from .evaluate import Classifier, accuracy, fit_classifier, training_epochs
 
 # %% auto #0
 __all__ = ['labelled_and_rest', 'cutout', 'StrongView', 'fixmatch_views', 'confident_pseudo_labels', 'fixmatch_loss', 'predict',
@@ -123,11 +123,8 @@ def _check(threshold: float, unlabelled_weight: float = 0.0, ratio: int = 1, ste
 def train_classifier(model: nn.Module, train: Split, data: ImageData, steps: int = 150, lr: float = 1e-3,
                      bs: int = 64, device=None) -> nn.Module:
     "Train `model` for at least `steps` one-cycle AdamW steps on `train` with `finetune`'s recipe; returns it."
-    augment = ViewPipeline(data.size, data.mean, data.std, scale=(0.6, 1.0), jitter=0.0, grayscale=0.0)
     batch = min(bs, len(train))
-    learn = classifier_learner(model, train, augment, batch, device, weight_decay=0.05)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(training_epochs(len(train), batch, 1, steps, 10**6), lr)
-    return model
+    return fit_classifier(model, train, data, training_epochs(len(train), batch, 1, steps, 10**6), lr, batch, device)
 
 
 def fine_tune(encoder: nn.Module, data: ImageData, per_class: int, seed: int = 0, steps: int = 150,
