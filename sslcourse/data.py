@@ -48,6 +48,24 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple, tuple
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def _check_split(name: str, split_name: str, split: Split, num_classes: int) -> None:
+    "A one-line `UsageError` when a split's images are not square (N, C, H, W) or a label is outside the classes."
+    shape = tuple(split.images.shape)
+    if len(shape) != 4:
+        raise UsageError(f'{name}: {split_name} images have shape {shape}; they must be (count, channels, height, '
+                         'width), e.g. add the channel axis of grey images with images.unsqueeze(1)')
+    height, width = shape[-2:]
+    if height != width:  # `size`, the models and the augmentations all take one side length
+        side = min(height, width)
+        raise UsageError(f'{name}: {split_name} images are {height}x{width} (height x width), but the kit assumes '
+                         f'square images; crop or resize them to {side}x{side}')
+    if len(split.labels):
+        low, high = int(split.labels.min()), int(split.labels.max())
+        if low < -1 or high >= num_classes:
+            raise UsageError(f'{name}: {split_name} labels run from {low} to {high}, but there are {num_classes} '
+                             f'classes; use 0..{num_classes - 1}, or -1 for an unlabeled image')
+
+
 @dataclass
 class ImageData:
     "A named dataset: train and test splits, class names, normalisation statistics, optional unlabeled split."
@@ -60,6 +78,13 @@ class ImageData:
     std: tuple = field(default=None)
 
     def __post_init__(self):
+        for split_name, words in (('train', 'training'), ('test', 'test')):  # empty, it fails late and obscurely
+            if not len(getattr(self, split_name)):
+                raise UsageError(f'{self.name} has no {words} images; check the files it was loaded from, '
+                                 'or the subset (limit, labels per class) that selected them')
+        for split_name in ('train', 'test', 'unlabeled'):
+            if getattr(self, split_name) is not None:
+                _check_split(self.name, split_name, getattr(self, split_name), self.num_classes)
         if self.mean is None: self.mean, self.std = channel_stats(self.train.images)
 
     @property
@@ -121,7 +146,8 @@ def read_idx(path: Path) -> np.ndarray:
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 import sslcourse
-EMBEDDED_DIR = Path(sslcourse.__file__).resolve().parent.parent / 'data' / 'fashion_mnist_small'
+# package data (pyproject's package-data): an installed wheel carries it as a clone does
+EMBEDDED_DIR = Path(sslcourse.__file__).resolve().parent / 'assets' / 'fashion_mnist_small'
 DEBIAN_FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
 _FASHION_FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                   't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
@@ -134,9 +160,26 @@ def data_root(root=None) -> Path:
 
 def load_fashion_mnist_dir(folder: Path, name: str = 'fashion_mnist') -> ImageData:
     "Fashion-MNIST from a folder that holds the four IDX files."
+    swapped = 'check that the images and labels files are not swapped'
     def split(prefix):
-        images = read_idx(folder / f'{prefix}-images-idx3-ubyte.gz')
-        labels = read_idx(folder / f'{prefix}-labels-idx1-ubyte.gz')
+        images_path, labels_path = folder / f'{prefix}-images-idx3-ubyte.gz', folder / f'{prefix}-labels-idx1-ubyte.gz'
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3:
+            raise UsageError(f'{images_path} holds a {images.ndim}-D array of shape {images.shape}, but images must be '
+                             f'3-D (count, height, width); {swapped}')
+        if labels.ndim != 1:
+            raise UsageError(f'{labels_path} holds a {labels.ndim}-D array of shape {labels.shape}, but labels must be '
+                             f'1-D (count,); {swapped}')
+        if not len(images):
+            raise UsageError(f"{images_path} holds no images, so the {'train' if prefix == 'train' else 'test'} split "
+                             'would be empty; fetch the file again, or use the embedded fashion_mnist_small')
+        if images.shape[1] != images.shape[2]:
+            side = min(images.shape[1:])
+            raise UsageError(f'{images_path} holds {images.shape[1]}x{images.shape[2]} images (height x width), but '
+                             f'the kit assumes square images; crop or resize them to {side}x{side}')
+        if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise UsageError(f'{labels_path} has label {labels.max()}, but Fashion-MNIST has '
+                             f'{len(FASHION_MNIST_CLASSES)} classes; labels must be 0..{len(FASHION_MNIST_CLASSES) - 1}')
         if len(images) != len(labels):
             raise UsageError(f'corrupt data in {folder}: {len(images)} {prefix} images but {len(labels)} labels')
         return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
@@ -149,8 +192,8 @@ DATASETS = Registry('dataset')
 def _fashion_mnist_small(root=None, download=False):
     folder = Path(root) if root else EMBEDDED_DIR
     if not all((folder / f).exists() for f in _FASHION_FILES):
-        raise UsageError(f'the embedded Fashion-MNIST subset is missing from {folder}; '
-                         'reinstall sslcourse from a clone with `pip install -e .`')
+        raise UsageError(f'the embedded Fashion-MNIST subset is missing from {folder}; reinstall sslcourse, '
+                         'or pass the folder that holds its four IDX files as root')
     return load_fashion_mnist_dir(folder, 'fashion_mnist_small')
 
 @DATASETS.register('fashion_mnist')
@@ -529,6 +572,12 @@ def _imagenette(root=None, download=False, size=64):
     train, test, classes = load_imagenette(data_root(root), size, download)
     return ImageData('imagenette', train, test, classes)
 
+@DATASETS.register('photo_textures')
+def _photo_textures(root=None, download=False, **options):
+    # built in lesson 11b from photographs that ship with scikit-learn and matplotlib; imported only when asked for
+    from sslcourse.transfer import photo_textures
+    return photo_textures(**options)
+
 # %% ../nbs/01_data.ipynb #052652b4
 def balanced_subset(labels: torch.Tensor, per_class, seed: int = 0) -> torch.Tensor:
     """Indices of seeded random examples of each class, sorted: `per_class` of every class, or a dict
@@ -556,6 +605,8 @@ def _class_counts(labels: torch.Tensor) -> dict[int, int]:
 def get_data(name: str = 'fashion_mnist_small', root=None, download: bool = False,
              limit: int | None = None, seed: int = 0, **kwargs) -> ImageData:
     "The dataset registered as `name`; `limit` keeps that many images per class in the training split, and at most that many in the test split (tiny runs evaluate fast too)."
+    if limit is not None and limit < 1:  # 0 would leave no training images, and a negative slice drops images
+        raise UsageError(f'limit must be at least 1 image per class, got {limit}; for a quick run try 20')
     data = DATASETS.get(name)(root=root, download=download, **kwargs)
     if limit is not None:
         data.train = data.train[balanced_subset(data.train.labels, limit, seed)]
@@ -604,6 +655,8 @@ class GPUBatches:
         if bs < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise UsageError(f'need bs >= 1 and 0 <= rank < world_size, got bs={bs}, rank={rank}, '
                              f'world_size={world_size}')
+        if not len(split):
+            raise UsageError('no images to batch: the split is empty; check the dataset and the subset that selected it')
         if world_size > 1 and not drop_last:  # a short last batch would leave some ranks with nothing to step on
             raise UsageError('batches sharded over several processes need drop_last=True')
         self.split, self.bs, self.shuffle, self.drop_last = split.to(get_device(device)), bs, shuffle, drop_last
@@ -670,7 +723,11 @@ def dataloaders(data: ImageData, bs: int = 256, device=None, split: str = 'train
     """fastai `DataLoaders` over GPU-resident batches: `split` to train on (sharded by `rank` and `world_size`, see
     `GPUBatches`), the test split, whole and in order, to validate. `n_inp = 1`: the images are the model's input,
     and the labels (and, with `indices`, the dataset positions) go to the loss."""
-    train = GPUBatches(training_split(data, split), bs, device, indices=indices, sampler=sampler, seed=seed,
+    training = training_split(data, split)
+    if not len(training):
+        raise UsageError(f"{data.name} has no images in its {split!r} split to train on; choose another split, "
+                         "or check the subset that selected it")
+    train = GPUBatches(training, bs, device, indices=indices, sampler=sampler, seed=seed,
                        rank=rank, world_size=world_size)
     valid = GPUBatches(data.test, max(1, min(bs, len(data.test))), device, shuffle=False, drop_last=False)
     dls = DataLoaders(train, valid, device=train.device)

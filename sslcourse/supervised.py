@@ -20,9 +20,9 @@ from .augment import ViewPipeline
 from .evaluate import Classifier, training_epochs, classifier_learner, accuracy
 
 # %% auto #0
-__all__ = ['RECIPES', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'supervised_classifier', 'train_supervised',
-           'label_scarcity_curve', 'plot_label_scarcity', 'format_curves', 'save_curves', 'read_supervised_baseline',
-           'baseline_accuracy']
+__all__ = ['RECIPES', 'PACKAGED_RESULTS', 'RESULTS_DIR', 'SUPERVISED_CURVE', 'Recipe', 'get_recipe', 'supervised_classifier',
+           'train_supervised', 'label_scarcity_curve', 'plot_label_scarcity', 'format_curves', 'save_curves',
+           'read_supervised_baseline', 'baseline_accuracy']
 
 # %% ../nbs/10_supervised.ipynb #984e6e99
 @dataclass(frozen=True)
@@ -138,7 +138,11 @@ def format_curves(curves: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/10_supervised.ipynb #d808ae56
-RESULTS_DIR = Path(sslcourse.__file__).resolve().parent.parent / 'nbs' / 'results'
+PACKAGED_RESULTS = Path(sslcourse.__file__).resolve().parent / 'assets' / 'results'
+_CHECKOUT_RESULTS = Path(sslcourse.__file__).resolve().parent.parent / 'nbs' / 'results'
+# lessons write (and read) the checkout's nbs/results; an installed wheel has no checkout, so it reads the copies of
+# the records the library quotes that ship as package data (tests/test_package.py keeps them equal)
+RESULTS_DIR = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else PACKAGED_RESULTS
 SUPERVISED_CURVE = RESULTS_DIR / 'supervised_curve.json'
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import UsageError, get_device, seed_everything, write_json
-from .data import ImageData, Split, GPUBatches, DATASETS, get_data, label_subset
+from .data import ImageData, Split, GPUBatches, get_data, label_subset
 from .augment import ViewPipeline
 from .evaluate import Classifier, linear_probe, reinitialised, classifier_learner, accuracy
 from .models import splitter
@@ -225,11 +225,6 @@ def photo_textures(train_per_class: int = 500, test_per_class: int = 100, size: 
             splits[split][1].append(torch.full((count,), label, dtype=torch.int64))
     train, test = (Split(torch.cat(images), torch.cat(labels)) for images, labels in splits.values())
     return ImageData('photo_textures', train, test, list(PHOTO_REGIONS))
-
-
-@DATASETS.register('photo_textures')
-def _photo_textures(root=None, download=False, **options):
-    return photo_textures(**options)
 
 # %% ../nbs/11b_finetune.ipynb #a1ebb669
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
