@@ -6,19 +6,18 @@ Docs: https://sslcourse.github.io/sslcourse/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #a1df78e5
 from __future__ import annotations
-import argparse, ast, inspect, json, sys, time
+import argparse, ast, inspect, json, os, sys, time
 from pathlib import Path
 import torch
 from .core import UsageError, seed_everything, get_device, write_json
 from .data import get_data, list_datasets, label_subset
-from .distributed import is_main, world_size, finish_distributed
+from .distributed import is_main, world_size, finish_distributed, local_batchnorm
 from .models import list_architectures, create_encoder, ARCHITECTURES
-import sslcourse.transfer  # noqa: F401 (registers the photo_textures dataset)
 
 # %% auto #0
-__all__ = ['USAGE_ERROR', 'DIVERGED', 'INTERRUPTED', 'EXIT_STATUSES', 'EPILOG', 'INTERRUPTED_MESSAGES', 'build_parser',
-           'method_option_names', 'parse_method_options', 'peak_memory_mb', 'pretrain', 'bench', 'list_all', 'main',
-           'console']
+__all__ = ['USAGE_ERROR', 'DIVERGED', 'INTERRUPTED', 'EXIT_STATUSES', 'EPILOG', 'INTERRUPTED_MESSAGES', 'COMPILE_MODES',
+           'build_parser', 'method_option_names', 'parse_option_value', 'parse_method_options', 'check_output_paths',
+           'peak_memory_mb', 'pretrain', 'bench', 'list_all', 'main', 'console']
 
 # %% ../nbs/08_cli.ipynb #ed6646be
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +41,8 @@ INTERRUPTED_MESSAGES = {
     'bench': 'interrupted; nothing was measured or written: run the same command again to benchmark from the start',
     'finetune': 'interrupted; nothing was written: run the same command again to fine-tune from the start',
     'transfer': 'interrupted; nothing was written: run the same command again (fewer --seeds make it shorter)',
-    'compare': 'interrupted; every finished run is kept: run the same command again to continue from there'}
+    'compare': 'interrupted; every finished run is kept: run the same command again to continue from there',
+    'evaluate': 'interrupted; nothing was written: run the same command again to evaluate from the start'}
 
 
 def _training_arguments(parser):
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sslcourse.transfer import add_finetune_arguments, run_finetune
     from sslcourse.layer_transfer import add_transfer_arguments, run_transfer
     from sslcourse.compare import add_compare_arguments, run_compare
+    from sslcourse.encoders import add_evaluate_arguments, run_evaluate
     layout = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser = _Parser(prog='sslcourse', description='Self-supervised learning course and experiment kit.', **layout)
     commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
@@ -97,25 +98,67 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_arguments(command('finetune', run_finetune, 'fine-tune an ImageNet-pretrained network (Part 1)'))
     add_transfer_arguments(command('transfer', run_transfer, 'Yosinski et al. layer-transfer experiment (Part 1)'))
     add_compare_arguments(command('compare', run_compare, 'every method on one budget: one table and one figure (Part 5)'))
+    add_evaluate_arguments(command('evaluate', run_evaluate, "score a run's encoder on any dataset beside two baselines"))
     return parser
 
 # %% ../nbs/08_cli.ipynb #99926d6b
 def method_option_names(method_class) -> tuple[dict, dict]:
     "The options of a method's constructor with their defaults, and the view recipe's (if the method forwards them)."
+    own, views = _option_specs(method_class)
+    return {name: default for name, (default, _) in own.items()}, {name: default for name, (default, _) in views.items()}
+
+
+def _option_specs(method_class) -> tuple[dict, dict]:
+    "Like `method_option_names`, with each option's annotation (a string) beside its default: {name: (default, annotation)}."
     from sslcourse.augment import ViewPipeline
     import dataclasses
     fixed = {'self', 'encoder', 'size', 'mean', 'std', 'num_images'}  # the learner supplies these
     parameters = inspect.signature(method_class.__init__).parameters.values()
-    own = {p.name: getattr(method_class, p.name, None) if p.default is None else p.default
+    annotation = lambda a: '' if a is inspect.Parameter.empty else a if isinstance(a, str) else getattr(a, '__name__', str(a))
+    own = {p.name: (getattr(method_class, p.name, None) if p.default is None else p.default, annotation(p.annotation))
            for p in parameters if p.name not in fixed and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    views = ({f.name: f.default for f in dataclasses.fields(ViewPipeline) if f.name not in fixed}
+    views = ({f.name: (f.default, annotation(f.type)) for f in dataclasses.fields(ViewPipeline) if f.name not in fixed}
              if any(p.kind == p.VAR_KEYWORD for p in parameters) else {})  # **view_options reach the ViewPipeline
     return own, views
 
 
+_TRUE, _FALSE = {'true', 'yes', 'on', '1'}, {'false', 'no', 'off', '0'}
+
+
+def parse_option_value(method: str, name: str, text: str, default, annotation: str = ''):
+    "`text` as the type of the option's default (or, when the default is None, its annotation); UsageError if it is not one."
+    def wrong(kind): return UsageError(f'{method} option {name} must be {kind} (default {default!r}), got {text!r}')
+    word = text.strip()
+    if default is None and word.lower() == 'none': return None
+    kind = (type(default).__name__ if default is not None else
+            next((k for k in ('bool', 'int', 'float', 'tuple', 'str') if k in annotation), ''))
+    if kind == 'bool':  # 'false' is a non-empty string, which Python calls true: read the word instead
+        if word.lower() in _TRUE | _FALSE: return word.lower() in _TRUE
+        raise wrong('true or false')
+    try: value = ast.literal_eval(word)
+    except (ValueError, SyntaxError): value = word  # a bare word such as nce
+    if kind == 'int':
+        if isinstance(value, int) and not isinstance(value, bool): return value
+        raise wrong('a whole number')
+    if kind == 'float':
+        if isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
+        raise wrong('a number')
+    if kind in ('tuple', 'list'):
+        length = len(default) if default is not None else None
+        if (isinstance(value, (tuple, list)) and (length is None or len(value) == length)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            return tuple(value)
+        example = ','.join(str(v) for v in default) if default is not None else '0.2,1.0'
+        raise wrong(f'{length or "several"} numbers separated by commas, such as {name}={example}')
+    if kind == 'str':
+        if isinstance(value, str): return value
+        raise wrong('a word')
+    return value
+
+
 def parse_method_options(method_class, pairs: list[str]) -> dict:
-    "`['temperature=0.2', 'loss=nce']` → `{'temperature': 0.2, 'loss': 'nce'}`, checked against the method's options."
-    own, views = method_option_names(method_class)
+    "`['temperature=0.2', 'loss=nce']` → `{'temperature': 0.2, 'loss': 'nce'}`, typed and checked against the method's options."
+    own, views = _option_specs(method_class)
     valid, options = {**views, **own}, {}
     for pair in pairs:
         name, equals, text = pair.partition('=')
@@ -124,12 +167,7 @@ def parse_method_options(method_class, pairs: list[str]) -> dict:
             raise UsageError(f'-o/--option takes NAME=VALUE, got {pair!r}; for example -o temperature=0.2')
         if name not in valid:
             raise UsageError(f"{method_class.name} has no option '{name}'; choose from: {', '.join(sorted(valid))}")
-        try: value = ast.literal_eval(text)
-        except (ValueError, SyntaxError): value = text  # a bare word such as nce
-        default = valid[name]
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
-            raise UsageError(f'{method_class.name} option {name} must be a number (default {default}), got {text!r}')
-        options[name] = value
+        options[name] = parse_option_value(method_class.name, name, text, *valid[name])
     return options
 
 
@@ -150,7 +188,32 @@ def _check_options(args):
             raise UsageError(f'--label-fraction must be in (0, 1], got {fraction}; for example 0.01 or 0.1')
     if getattr(args, 'peak_tflops', None) is not None and args.peak_tflops <= 0:
         raise UsageError(f'--peak-tflops must be positive, got {args.peak_tflops}')
+    if args.compile is not None and args.compile not in COMPILE_MODES:
+        raise UsageError(f"unknown --compile mode '{args.compile}'; choose from: {', '.join(COMPILE_MODES)}")
+    check_output_paths(out=getattr(args, 'out', None), json_path=args.json)
     return get_device(args.device)
+
+
+# torch.compile's modes (torch's documentation of `torch.compile`); checked here so that a typo fails before training
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def check_output_paths(out: str | Path | None = None, json_path: str | Path | None = None):
+    "Before any work: `out` must be a folder (or not exist yet), and `json_path` a file that can be written."
+    def check_place(flag: str, path: Path):  # the nearest existing folder above `path` must be a folder that accepts files
+        above = path.parent
+        while not above.exists() and above != above.parent: above = above.parent
+        if not above.is_dir(): raise UsageError(f'{flag} {path} cannot be made: {above} is a file, not a folder')
+        if not os.access(above, os.W_OK): raise UsageError(f'{flag} {path} cannot be written: no permission in {above}')
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir(): raise UsageError(f'--out {out} is a file, not a folder; choose a folder name')
+        if not out.exists(): check_place('--out', out)
+    if json_path is not None:
+        path = Path(json_path)
+        if path.is_dir(): raise UsageError(f'--json {path} is a folder; give a file name, e.g. {path / "record.json"}')
+        if path.exists() and not os.access(path, os.W_OK): raise UsageError(f'--json {path} cannot be written: no permission')
+        if not path.exists(): check_place('--json', path)
 
 # %% ../nbs/08_cli.ipynb #52009637
 def _learner(args, device, data, **options):
@@ -162,10 +225,20 @@ def _learner(args, device, data, **options):
                        progress='bar' if sys.stdout.isatty() else 'lines', **args.method_options, **options)
 
 
+def _leave_processes(args) -> bool:
+    "After training: every process leaves the process group (its collectives are done); True in the one that goes on (rank 0)."
+    # rank 0 then evaluates as a single process: fastai's Learner gathers metrics across a process group whenever one
+    # exists, and any collective that one process calls alone fails (gloo) or hangs (NCCL)
+    main_process, args.processes = is_main(), world_size()
+    finish_distributed()
+    os.environ['WORLD_SIZE'] = '1'  # fastai reads the launcher's WORLD_SIZE to decide whether to gather: alone now
+    return main_process
+
+
 def _record(args, device, seconds, img_per_s, **extra) -> dict:
     "The JSON record; `peak_memory_mb` is measured when training ends, before any evaluation adds its own."
     return dict(method=args.method, data=args.data, limit=args.limit, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
-                img_per_s=round(img_per_s, 1), device=str(device), processes=world_size(),
+                img_per_s=round(img_per_s, 1), device=str(device), processes=args.processes,
                 options=args.method_options, **extra)
 
 
@@ -185,15 +258,18 @@ def pretrain(args) -> dict:
     checkpoint = out / 'checkpoint.pth'
     if checkpoint.exists() and not args.resume:
         raise UsageError(f'{checkpoint} exists; pass --resume to continue that run, or choose another --out')
+    if args.resume and not checkpoint.exists() and is_main():
+        print(f'sslcourse: no checkpoint at {checkpoint} to resume from; starting from scratch', file=sys.stderr, flush=True)
     data = get_data(args.data, root=args.data_dir, download=args.download, limit=args.limit)
     learn = _learner(args, device, data, checkpoint=checkpoint)
     processes = f' x {world_size()} processes' if world_size() > 1 else ''
     if is_main(): print(f'pretraining {args.method} on {data} with {args.arch} on {device}{processes}, '
                         f'{args.epochs} epochs, global batch {args.bs}', flush=True)
-    fit_ssl(learn, args.epochs, args.lr, resume=checkpoint if args.resume else None)
-    if not is_main(): return {}  # rank 0 evaluates and writes; the others are done
+    fit_ssl(learn, args.epochs, args.lr, resume=checkpoint if args.resume and checkpoint.exists() else None)
+    if not _leave_processes(args): return {}  # rank 0 evaluates and writes, alone; the others are done
     timing, training_memory = learn.throughput.summary(), peak_memory_mb(device)  # before evaluation adds its own
-    encoder, size = learn.method.encoder, learn.method.views[0].size
+    # rank 0 evaluates alone: batch norms converted for several processes must not wait for the others
+    encoder, size = local_batchnorm(learn.method.encoder), learn.method.views[0].size
     results = compare_with_baselines(encoder, data, device, size, seed=args.seed)
     print(format_results(results), flush=True)
     extra = {}
@@ -216,7 +292,7 @@ def pretrain(args) -> dict:
                      embedding_dim=learn.collapse_monitor.dimension, train_images=len(learn.dls.train) * args.bs,
                      out=str(out), peak_memory_mb=training_memory, **extra)
     if args.json: write_json(args.json, record)
-    print(f'wrote {checkpoint}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))
+    print(f'wrote {checkpoint}, {out / "history.csv"}, {out / "loss.png"}, {out / "embedding.png"}' + (f', {args.json}' if args.json else ''))
     return record
 
 
@@ -227,7 +303,7 @@ def bench(args) -> dict:
     learn = _learner(args, device, data, knn_every=None, probe=False, peak_tflops=args.peak_tflops)
     from sslcourse.learner import fit_ssl
     fit_ssl(learn, args.epochs, args.lr)
-    if not is_main(): return {}
+    if not _leave_processes(args): return {}
     timing = learn.throughput.summary(skip_first=True)
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=None, linear_acc=None,
                      peak_memory_mb=peak_memory_mb(device),

@@ -56,13 +56,14 @@ def select_methods(words=None) -> list[str]:
     return chosen
 
 # %% ../nbs/50_benchmark.ipynb #e5fdf9e5
-def run_command(arguments, in_process: bool = False) -> tuple[int, str]:
-    "Run `sslcourse ARGUMENTS...`; returns its exit status and the last line it wrote to stderr."
+def run_command(arguments, runner=None) -> tuple[int, str]:
+    """Run `sslcourse ARGUMENTS...` in a new process, or in this one through `runner` (the command line's `main`: passed
+    in, so that this module never imports the command line that imports it); returns the exit status and the last line
+    written to stderr."""
     arguments = [str(a) for a in arguments]
-    if in_process:
-        from sslcourse.cli import main
+    if runner is not None:
         error = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(error): status = main(arguments)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(error): status = runner(arguments)
         text = error.getvalue()
     else:
         result = subprocess.run([sys.executable, '-m', 'sslcourse', *arguments], capture_output=True, text=True)
@@ -72,7 +73,7 @@ def run_command(arguments, in_process: bool = False) -> tuple[int, str]:
 
 # %% ../nbs/50_benchmark.ipynb #78311def
 def calibrate(name: str, common: list, folder: Path, limit: int | None, calibration_limit: int = 200,
-              in_process: bool = False) -> tuple[float | None, str]:
+              runner=None) -> tuple[float | None, str]:
     """Seconds per epoch of `name` on the training split (`limit` images per class, or all), from
     `sslcourse bench --epochs 2` on `calibration_limit` per class, scaled by the number of steps; (None, why) if the method cannot run here.
     A calibration already in `folder` with the same arguments is reused."""
@@ -80,7 +81,7 @@ def calibrate(name: str, common: list, folder: Path, limit: int | None, calibrat
     record = Path(folder) / f'bench-{name}.json'
     arguments = ['bench', name, '--epochs', 2, '--limit', per_class, *common]
     if not (record.exists() and json.loads(record.read_text()).get('arguments') == [str(a) for a in arguments]):
-        status, line = run_command([*arguments, '--json', record], in_process)
+        status, line = run_command([*arguments, '--json', record], runner)
         if status != 0: return None, line
         write_json(record, {**json.loads(record.read_text()), 'arguments': [str(a) for a in arguments]})
     data_name, bs = common[common.index('--data') + 1], int(common[common.index('--bs') + 1])
@@ -116,14 +117,14 @@ def finetune_baseline(data_name: str, arch: str, fractions, seed: int, device, l
 def compare(methods: list[str], seconds: float | None = 60.0, epochs: int | None = None, seeds=(0,),
             fractions=(0.01, 0.1), data: str = 'fashion_mnist_small', arch: str = 'convnet', bs: int = 256,
             device: str = 'cpu', limit: int | None = None, out='benchmarks/compare', runs='runs/compare',
-            in_process: bool = False, log=print) -> dict:
+            runner=None, log=print) -> dict:
     "Run `methods` on one budget (`seconds` of training each, or `epochs` each) for every seed; returns the report."
     out, runs = Path(out), Path(runs)
     common = _common_arguments(data, arch, bs, device, limit)
     plan, skipped = {}, {}
     for name in methods:  # the budget first, so an impossible one stops before any long run
         if epochs is not None: plan[name] = dict(epochs=epochs, seconds_per_epoch=None); continue
-        per_epoch, why = calibrate(name, common, runs, limit, in_process=in_process)
+        per_epoch, why = calibrate(name, common, runs, limit, runner=runner)
         if per_epoch is None: skipped[name] = why; log(f'{name}: skipped ({why})'); continue
         plan[name] = dict(epochs=budget_epochs(seconds, per_epoch), seconds_per_epoch=round(per_epoch, 2))
         log(f'{name}: {per_epoch:.1f} s per epoch → {plan[name]["epochs"]} epochs')
@@ -146,7 +147,7 @@ def compare(methods: list[str], seconds: float | None = 60.0, epochs: int | None
                 record = json.loads(record_path.read_text()); log(f'{name} seed {seed}: kept {record_path}')
             else:
                 resume = ['--resume'] if (run / 'checkpoint.pth').exists() else []
-                status, line = run_command([*arguments, *resume, '--json', record_path], in_process)
+                status, line = run_command([*arguments, *resume, '--json', record_path], runner)
                 if status == 3: diverged[f'{name} seed {seed}'] = line; log(f'{name} seed {seed}: {line}'); continue
                 if status == 2: skipped[name] = line; log(f'{name}: skipped ({line})'); continue
                 if status != 0: failed[f'{name} seed {seed}'] = line or f'exit status {status}'; continue
@@ -400,7 +401,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-def run_compare(args: argparse.Namespace, in_process: bool = False) -> dict:
+def run_compare(args: argparse.Namespace, runner=None) -> dict:
     "Check `args`, run the comparison, print the table and write the JSON, table and figure."
     from sslcourse.viz import save_figure
     from sslcourse.models import ARCHITECTURES
@@ -420,7 +421,7 @@ def run_compare(args: argparse.Namespace, in_process: bool = False) -> dict:
     name = f"compare-{args.data}-{args.arch.replace(':', '_')}-{device}"
     out, runs = Path(args.out or f'benchmarks/{name}'), Path(args.runs or f'runs/{name}')
     report = compare(methods, None if args.epochs else args.seconds, args.epochs, range(args.seeds), args.label_fraction,
-                     args.data, args.arch, args.bs, device, args.limit, out, runs, in_process=in_process,
+                     args.data, args.arch, args.bs, device, args.limit, out, runs, runner=runner,
                      log=lambda line: print(line, flush=True))
     table = format_table(report)
     print(table)

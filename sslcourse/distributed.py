@@ -15,7 +15,7 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['launched', 'is_distributed', 'rank', 'world_size', 'is_main', 'init_distributed', 'finish_distributed', 'barrier',
            'all_gather_no_grad', 'all_reduce_sum', 'all_reduce_max', 'gather_with_grad', 'all_reduce_with_grad',
-           'CrossProcessBatchNorm', 'sync_batchnorm']
+           'CrossProcessBatchNorm', 'sync_batchnorm', 'local_batchnorm']
 
 # %% ../nbs/07a_distributed.ipynb #f89d6c3d
 def launched() -> bool:
@@ -46,6 +46,8 @@ def is_main() -> bool:
 def init_distributed(device: torch.device) -> bool:
     "Join the process group described by the launcher's environment; True when there are several processes."
     if launched() and not (dist.is_available() and dist.is_initialized()):
+        # each process's own GPU first: NCCL and `all_gather_object` otherwise put every process's tensors on cuda:0
+        if device.type == 'cuda': torch.cuda.set_device(device)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return is_distributed()
 
@@ -117,11 +119,12 @@ def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/07a_distributed.ipynb #e60beed2
 class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
     "Batch norm whose training statistics cover every process's batch; plain batch norm in one process or in eval."
+    across_processes = True  # `local_batchnorm` turns it off on a copy that one process trains alone
     def _check_input_dim(self, x):
         if x.dim() < 2: raise ValueError(f'expected at least 2D input, got {x.dim()}D')
 
     def forward(self, x):
-        if not (self.training and is_distributed()): return super().forward(x)
+        if not (self.training and self.across_processes and is_distributed()): return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         count = torch.full((1,), x.numel() / x.shape[1], device=x.device, dtype=x.dtype)
         sums = all_reduce_with_grad(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # one collective
@@ -152,3 +155,20 @@ def sync_batchnorm(module: nn.Module, device: torch.device | None = None) -> nn.
         return replacement
     for name, child in module.named_children(): setattr(module, name, sync_batchnorm(child, device))
     return module
+
+
+
+def local_batchnorm(module: nn.Module) -> nn.Module:
+    "A copy of `module` whose cross-process batch norms see only this process's batch: for work one process does alone."
+    # evaluation and fine-tuning run on rank 0 only; a cross-process batch norm in training mode would call a
+    # collective that no other process answers
+    import copy
+    def convert(child):
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = CrossProcessBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            plain.load_state_dict(child.state_dict()); plain.train(child.training)
+            child = plain.to(next(iter(child.state_dict().values())).device)
+        if isinstance(child, CrossProcessBatchNorm): child.across_processes = False
+        for name, grandchild in child.named_children(): setattr(child, name, convert(grandchild))
+        return child
+    return convert(copy.deepcopy(module))

@@ -29,11 +29,12 @@ from .distributed import (init_distributed, is_distributed, rank, world_size, is
 
 # %% auto #0
 __all__ = ['METHODS', 'OPTIMIZERS', 'SCHEDULES', 'Method', 'register_method', 'get_method', 'list_methods', 'reset_head_',
-           'ema_update_', 'cosine_momentum', 'Queue', 'MemoryBank', 'SSLCallback', 'MethodCallback', 'BFloat16',
-           'ChannelsLast', 'Compile', 'QuietProgress', 'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image',
-           'embed_all', 'KNNMonitor', 'OnlineProbe', 'effective_rank', 'CollapseMonitor', 'TrainingDiverged',
-           'NaNGuard', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'EpochLines', 'one_cycle', 'warmup_cosine',
-           'optimizer_groups', 'ssl_learner', 'AverageBatchNormStatistics', 'fit_ssl']
+           'ema_update_', 'cosine_momentum', 'Queue', 'MemoryBank', 'SSLCallback', 'view_randomness',
+           'process_view_state', 'MethodCallback', 'BFloat16', 'ChannelsLast', 'Compile', 'QuietProgress',
+           'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image', 'embed_all', 'KNNMonitor', 'OnlineProbe',
+           'effective_rank', 'CollapseMonitor', 'TrainingDiverged', 'NaNGuard', 'save_checkpoint', 'load_checkpoint',
+           'Checkpoint', 'epoch_summary', 'EpochLines', 'HistoryFile', 'one_cycle', 'warmup_cosine', 'optimizer_groups',
+           'SSLLearner', 'ssl_learner', 'check_fits', 'AverageBatchNormStatistics', 'fit_ssl']
 
 # %% ../nbs/07_learner.ipynb #93a8ea3e
 class Method(nn.Module):
@@ -168,6 +169,13 @@ class MemoryBank(nn.Module):
         mixed = torch.lerp(x, self.items[indices], self.momentum)
         self.items.index_copy_(0, indices, F.normalize(mixed, dim=1))  # indices are distinct within an epoch's batch
 
+    @torch.no_grad()
+    def estimate_normaliser_(self, normaliser: torch.Tensor, queries: torch.Tensor, negatives: torch.Tensor,
+                             temperature: float):
+        "NCE's Z ≈ n·E[exp(mᵀf/τ)] (Wu et al. 2018, eq. 5), into `normaliser` once (while 0), over every process's queries."
+        mean = all_reduce_sum(torch.exp(queries.detach() @ negatives.T / temperature).mean()) / world_size()  # equal batches
+        normaliser.copy_(torch.where(normaliser > 0, normaliser, len(self) * mean))  # torch.where: no host sync
+
     def negatives(self, count: int, queries: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         "`count` random rows (count, dim), shared by all queries, or (queries, count, dim) drawn for each query."
         shape = (count,) if queries is None else (queries, count)
@@ -185,6 +193,37 @@ class SSLCallback(Callback):
         return getattr(self.learn, 'resumed_callbacks', {}).get(self.name)
 
 
+class view_randomness:
+    "Context: random draws inside come from this process's own augmentation stream (`learn.view_random_state`), if any."
+    # With several processes every process must draw its own crops, rotations and tiles, while everything else that is
+    # random (initialising a head, drawing memory-bank negatives) stays identical on every process. Methods draw their
+    # views from torch's global generator, so the global state is swapped for the process's view state and back.
+    def __init__(self, learn): self.learn = learn
+    def __enter__(self):
+        self.state = getattr(self.learn, 'view_random_state', None)
+        if self.state is not None: self.saved = _swap_random_state(self.state)
+    def __exit__(self, *error):
+        if self.state is not None: self.learn.view_random_state = _swap_random_state(self.saved)
+
+
+def _swap_random_state(state: dict) -> dict:
+    "Install `state` (CPU generator, and the current CUDA device's if present) and return what it replaced."
+    old = dict(cpu=torch.get_rng_state())
+    if 'cuda' in state: old['cuda'] = torch.cuda.get_rng_state()  # reads the host-side seed and offset: no sync
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state: torch.cuda.set_rng_state(state['cuda'])
+    return old
+
+
+def process_view_state(seed: int, device: torch.device) -> dict:
+    "A fresh augmentation stream for this process: seeded with `seed + rank`, on the CPU and the process's GPU."
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        torch.manual_seed(seed + rank())
+        state = dict(cpu=torch.get_rng_state())
+        if device.type == 'cuda': state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
 class MethodCallback(SSLCallback):
     "Makes views before each batch and runs the method's hooks."
     order = 5  # before BFloat16 (10): views are made outside autocast
@@ -198,7 +237,8 @@ class MethodCallback(SSLCallback):
         self.learn.labels = self.yb[0] if len(self.yb) else None
         self.learn.indices = self.yb[1] if len(self.yb) > 1 else None
         self.learn.batch_images = len(images)   # the images, not the views: one view may hold several crops
-        self.learn.xb = tuple(self.learn.method.make_views(images))  # yb keeps the labels: fastai's Recorder needs a target
+        with view_randomness(self.learn):
+            self.learn.xb = tuple(self.learn.method.make_views(images))  # yb keeps the labels: fastai's Recorder needs a target
 
     def before_step(self): self.learn.method.before_optimizer_step(self.pct_train)
     def after_step(self): self.learn.method.on_step(self.pct_train)
@@ -220,9 +260,9 @@ class BFloat16(Callback):
 
 
 class ChannelsLast(Callback):
-    "Model and views in channels_last memory format."
+    "Model (converted by `ssl_learner`, before any DistributedDataParallel wraps it) and views in channels_last memory format."
     order = 6
-    def before_fit(self): self.learn.method.to(memory_format=torch.channels_last)
+    def before_fit(self): self.learn.method.to(memory_format=torch.channels_last)  # again: cheap, for learners built by hand
     def before_batch(self):
         self.learn.xb = tuple(v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in self.xb)
 
@@ -264,7 +304,11 @@ class Throughput(SSLCallback):
     order = 1  # before MethodCallback (5), whose before_epoch runs the method's epoch-start work
     def __init__(self, peak_tflops: float | None = None): self.peak_tflops, self.history = peak_tflops, []
     def checkpoint_state(self): return dict(history=self.history)
-    def before_fit(self): self.history = list((self.resumed_state or {}).get('history', []))
+    def before_fit(self): self.history, self.flops_per_image = list((self.resumed_state or {}).get('history', [])), None
+    def after_fit(self):
+        # every process counts, not rank 0 alone: a method's loss may gather across processes, and a collective
+        # called by one process after the others have left fails (gloo) or hangs (NCCL)
+        if self.peak_tflops: self.flops_per_image = training_flops_per_image(self.learn)
     def before_epoch(self):
         _synchronize(self.dls.device); self.start, self.images = time.perf_counter(), 0
     def after_batch(self):
@@ -283,7 +327,7 @@ class Throughput(SSLCallback):
         seconds = sum(e['seconds'] for e in epochs); images = sum(e['images'] for e in epochs)
         result = dict(seconds=seconds, img_per_s=images / seconds if seconds else 0.0)
         if self.peak_tflops:
-            flops = training_flops_per_image(self.learn)
+            flops = self.flops_per_image if self.flops_per_image is not None else training_flops_per_image(self.learn)
             result.update(flops_per_image=flops, mfu=result['img_per_s'] * flops / (self.peak_tflops * 1e12))
         return result
 
@@ -292,9 +336,11 @@ def training_flops_per_image(learn: Learner, n: int = 8) -> float:
     "FLOPs of one training step (forward + backward) per image, counted on a copy of the method."
     from torch.utils.flop_counter import FlopCounterMode
     method = copy.deepcopy(learn.method)
-    images = next(iter(learn.dls.train))[0][:n]
-    counter = FlopCounterMode(display=False)
-    with counter: method.loss(method(*method.make_views(images))).backward()
+    device = learn.dls.device
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):  # counting draws no training randomness
+        images, *targets = [part[:n] for part in next(iter(learn.dls.train))]  # (labels, indices) for methods that need them
+        counter = FlopCounterMode(display=False)
+        with counter: method.loss(method(*method.make_views(images)), *targets).backward()
     return counter.get_total_flops() / len(images)
 
 
@@ -429,15 +475,33 @@ class NaNGuard(SSLCallback):
             raise CancelFitException()
 
 
-def _random_states() -> dict:
-    states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+def _random_states(learn: Learner) -> dict:
+    "Every generator a run draws from, as tensors and plain values (so that `torch.load(weights_only=True)` reads them)."
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                  numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), position=int(position),
+                             has_gauss=int(has_gauss), gauss=float(gauss)))
     if torch.cuda.is_available(): states['cuda'] = torch.cuda.get_rng_state_all()
+    if getattr(learn, 'view_random_state', None) is not None: states['views'] = learn.view_random_state
     return states
 
 
-def _restore_random_states(states: dict):
-    torch.set_rng_state(states['torch']); np.random.set_state(states['numpy']); random.setstate(states['python'])
+def _restore_random_states(learn: Learner, states: dict):
+    numpy = states['numpy']
+    torch.set_rng_state(states['torch']); random.setstate(states['python'])
+    np.random.set_state((numpy['kind'], numpy['keys'].numpy().astype(np.uint32), numpy['position'], numpy['has_gauss'],
+                         numpy['gauss']))
     if 'cuda' in states and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
+    if 'views' in states: learn.view_random_state = states['views']
+
+
+def _plain(value):
+    "`value` with numpy scalars and arrays (scheduled learning rates, for one) as Python numbers and tensors: `weights_only` loads it."
+    if isinstance(value, np.generic): return value.item()
+    if isinstance(value, np.ndarray): return torch.from_numpy(value)
+    if isinstance(value, dict): return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)): return type(value)(_plain(item) for item in value)
+    return value
 
 
 def _method(learn): return getattr(learn, 'method', getattr(learn.model, '_orig_mod', learn.model))
@@ -446,26 +510,27 @@ def _method(learn): return getattr(learn, 'method', getattr(learn.model, '_orig_
 def save_checkpoint(learn: Learner, path: Path, epoch: int):
     "Atomically write the method, optimiser, `epoch`, random states, loss record and callback histories to `path`."
     path = Path(path)
-    randomness = _random_states()
+    randomness = _random_states(learn)
     if is_distributed():  # each process draws its own augmentations: keep every process's state
         every = [None] * world_size(); dist.all_gather_object(every, randomness); randomness = dict(processes=every)
     if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         callbacks = {cb.name: cb.checkpoint_state() for cb in learn.cbs if isinstance(cb, SSLCallback)}
         state = dict(method=_method(learn).state_dict(), optimizer=learn.opt.state_dict(), epoch=epoch,
+                     meta=getattr(learn, 'meta', None),
                      random=randomness, losses=list(getattr(learn, 'resumed_losses', []))
                      + [float(v) for v in getattr(learn.recorder, 'losses', [])],  # host sync: per epoch
                      smooth_loss=(learn.recorder.smooth_loss.count, learn.recorder.smooth_loss.val),
                      callbacks={name: value for name, value in callbacks.items() if value is not None})
         temporary = path.with_name(path.name + '.tmp')
-        torch.save(state, temporary)
+        torch.save(_plain(state), temporary)
         os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
     barrier()
 
 
 def load_checkpoint(learn: Learner, path: Path) -> int:
     "Load a checkpoint written by `save_checkpoint` into `learn`; returns the number of epochs it had done."
-    try: state = torch.load(path, map_location=learn.dls.device, weights_only=False)
+    try: state = torch.load(path, map_location='cpu', weights_only=True)  # tensors and plain containers only
     except Exception as error:
         raise UsageError(f'cannot read checkpoint {path} ({type(error).__name__}); delete it to start afresh') from None
     try: _method(learn).load_state_dict(state['method'])
@@ -480,7 +545,7 @@ def load_checkpoint(learn: Learner, path: Path) -> int:
     randomness = state['random']
     if 'processes' in randomness:
         randomness = randomness['processes'][rank() if rank() < len(randomness['processes']) else 0]
-    _restore_random_states(randomness)
+    _restore_random_states(learn, randomness)
     learn.resumed_losses = state.get('losses', [])
     if 'smooth_loss' in state: learn.recorder.smooth_loss.carry = state['smooth_loss']
     learn.resumed_callbacks = state.get('callbacks', {})
@@ -495,24 +560,54 @@ class Checkpoint(SSLCallback):
         if not self.skipped: save_checkpoint(self.learn, self.path, self.epoch + 1)
 
 # %% ../nbs/07_learner.ipynb #2fde2343
+def epoch_summary(learn: Learner) -> dict:
+    "The figures of the epoch that just ended: loss, and those of the monitors that looked at it (kNN, probe, collapse, speed)."
+    epoch = learn.epoch + 1
+    row = dict(epoch=epoch, loss=float(learn.smooth_loss))  # host sync: once per epoch
+    for name, cb in (('knn', 'knn_monitor'), ('probe', 'online_probe')):
+        history = getattr(getattr(learn, cb, None), 'history', [])
+        if history and history[-1][0] == epoch: row[name] = history[-1][1]
+    collapse = getattr(learn, 'collapse_monitor', None)
+    if collapse and collapse.history and collapse.history[-1][0] == epoch:
+        row.update(spread=collapse.history[-1][1], rank=collapse.history[-1][2], dimension=collapse.dimension)
+    throughput = getattr(learn, 'throughput', None)
+    if throughput and throughput.history and throughput.history[-1]['epoch'] == epoch:
+        row.update(seconds=throughput.history[-1]['seconds'], img_per_s=throughput.history[-1]['img_per_s'])
+    return row
+
+
 class EpochLines(SSLCallback):
     "One plain line per epoch: loss, kNN, probe accuracy, collapse statistics, seconds, images/s."
     order = 99
     def __init__(self, stream=None): self.stream = stream or sys.stdout
     def after_epoch(self):
         if self.skipped: return
-        parts = [f'epoch {self.epoch + 1}/{self.n_epoch}', f'loss {float(self.learn.smooth_loss):.4f}']
-        for name, cb in (('knn', 'knn_monitor'), ('probe', 'online_probe')):
-            history = getattr(getattr(self.learn, cb, None), 'history', [])
-            if history and history[-1][0] == self.epoch + 1: parts.append(f'{name} {history[-1][1]:.1%}')
-        collapse = getattr(self.learn, 'collapse_monitor', None)
-        if collapse and collapse.history and collapse.history[-1][0] == self.epoch + 1:
-            parts += [f'spread {collapse.history[-1][1]:.3f} (1/√d {collapse.dimension ** -0.5:.3f})',
-                      f'rank {collapse.history[-1][2]:.1f}/{collapse.dimension}']
-        throughput = getattr(self.learn, 'throughput', None)
-        if throughput and throughput.history:
-            parts += [f"{throughput.history[-1]['seconds']:.1f}s", f"{throughput.history[-1]['img_per_s']:.0f} img/s"]
+        row = epoch_summary(self.learn)
+        parts = [f'epoch {row["epoch"]}/{self.n_epoch}', f'loss {row["loss"]:.4f}']
+        parts += [f'{name} {row[name]:.1%}' for name in ('knn', 'probe') if name in row]
+        if 'spread' in row:
+            parts += [f'spread {row["spread"]:.3f} (1/√d {row["dimension"] ** -0.5:.3f})', f'rank {row["rank"]:.1f}/{row["dimension"]}']
+        if 'seconds' in row: parts += [f'{row["seconds"]:.1f}s', f'{row["img_per_s"]:.0f} img/s']
         print('  '.join(parts), file=self.stream, flush=True)
+
+
+class HistoryFile(SSLCallback):
+    "A per-epoch table in `path` (CSV: epoch, loss, knn, probe, spread, rank, seconds, img_per_s), rewritten atomically each epoch."
+    order = 84  # after the monitors (80, 81) recorded the epoch, before the checkpoint (85) keeps its rows
+    columns = ('epoch', 'loss', 'knn', 'probe', 'spread', 'rank', 'seconds', 'img_per_s')
+    def __init__(self, path: Path): self.path, self.rows = Path(path), []
+    def checkpoint_state(self): return dict(rows=self.rows)
+    def before_fit(self): self.rows = [dict(row) for row in (self.resumed_state or {}).get('rows', [])]
+    def after_epoch(self):
+        if self.skipped: return
+        self.rows.append({key: value for key, value in epoch_summary(self.learn).items() if key in self.columns})
+        if not is_main(): return
+        import csv, io
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.columns, lineterminator='\n'); writer.writeheader(); writer.writerows(self.rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + '.tmp')
+        temporary.write_text(text.getvalue()); os.replace(temporary, self.path)  # never half a file
 
 # %% ../nbs/07_learner.ipynb #e196763f
 OPTIMIZERS = Registry('optimizer')
@@ -551,6 +646,33 @@ def optimizer_groups(method: Method) -> list[dict]:
     return groups
 
 # %% ../nbs/07_learner.ipynb #17115c27
+class SSLLearner(Learner):
+    "fastai's `Learner` with what an SSL run adds: `show_batch` draws each image beside the views the method makes of it."
+    def show_batch(self, n: int = 6, seed: int = 0):
+        "Figure: `n` training images (rows), each beside the method's views of it (tiles as a mosaic); returns the figure."
+        import matplotlib.pyplot as plt
+        from torchvision.utils import make_grid
+        images = next(iter(self.dls.train))[0][:n]
+        with torch.random.fork_rng(devices=[images.device] if images.device.type == 'cuda' else []):
+            torch.manual_seed(seed); views = self.method.make_views(images)
+        mean = torch.tensor(self.data.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.data.std, device=images.device).view(-1, 1, 1)
+        def picture(x):  # one view of one image → (H, W, C) in [0, 1]
+            if x.dim() == 4: x = make_grid(x, nrow=max(1, round(len(x) ** 0.5)), padding=1, pad_value=float('nan'))
+            x = x.detach().float()
+            x = x * std + mean if x.shape[0] == len(mean) else (x - x.nan_to_num(0).min()) / (x.nan_to_num(0).max() - x.nan_to_num(0).min() + 1e-8)
+            return x.nan_to_num(1).clamp(0, 1).permute(1, 2, 0).cpu()
+        shown = [v for v in views if v.is_floating_point() and v.dim() in (4, 5) and len(v) == len(images)]
+        fig, axes = plt.subplots(len(images), len(shown) + 1, figsize=(1.5 * (len(shown) + 1), 1.5 * len(images)), squeeze=False)
+        for row in range(len(images)):
+            for column, x in enumerate([images[row].float() / 255] + [v[row] for v in shown]):
+                x = (x.permute(1, 2, 0).cpu() if column == 0 else picture(x)).squeeze(-1)
+                axes[row, column].imshow(x, cmap='gray', vmin=0, vmax=1); axes[row, column].axis('off')
+        for column, title in enumerate(['image'] + [f'view {i + 1}' for i in range(len(shown))]): axes[0, column].set_title(title, fontsize=8)
+        fig.suptitle(f'{self.method.name}: images and their views'); fig.tight_layout()
+        return fig
+
+
 def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_small', arch: str = 'convnet',
                 bs: int = 256, device=None, size: int | None = None, loss_func=None, optimizer: str | None = None,
                 schedule: str | None = None, weight_decay: float | None = None, bf16: bool | None = None,
@@ -567,17 +689,24 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     seed = torch.initial_seed() % 2**31 if seed is None else seed
     if bs % world_size():
         raise UsageError(f'--bs {bs} does not split evenly over {world_size()} processes; use a multiple of {world_size()}')
+    meta = None  # what a checkpoint needs to rebuild the method by itself (`load_encoder`)
     if isinstance(method, str):
         method_class = get_method(method)
         if method_class.needs_num_images: method_options['num_images'] = _split_size(data, split)
         method = method_class(create_encoder(arch, data.channels), size=size, mean=data.mean, std=data.std,
                               **method_options)
+        meta = dict(method=method_class.name, arch=arch, data=data.name, channels=data.channels, size=size,
+                    mean=tuple(data.mean), std=tuple(data.std), options=dict(method_options))
     if weight_decay is not None: method.weight_decay = weight_decay
     method = method.to(device)
+    check_fits(method, data, arch)
+    cuda = device.type == 'cuda'
+    channels_last = cuda if channels_last is None else channels_last
+    # before DistributedDataParallel: its gradient buckets take the parameters' strides as they are when it wraps them
+    if channels_last: method.to(memory_format=torch.channels_last)
     model = method
     if distributed:
         if sync_batchnorm: method = sync_batchnorm_(method, device)
-        torch.manual_seed(seed + rank())  # every process draws its own augmentations; DDP broadcasts rank 0's weights
         with warnings.catch_warnings():  # torch suggests forward_sync_buffers, which still syncs at init; we must not
             warnings.filterwarnings('ignore', message='.*broadcast_buffers.*', category=FutureWarning)
             model = DistributedDataParallel(method, device_ids=[device.index] if device.type == 'cuda' else None,
@@ -586,31 +715,52 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     dls = dataloaders(data, bs // world_size(), device, split=split, indices=method.needs_indices,
                       sampler=method.epoch_order if custom_order else None, seed=seed, rank=rank(),
                       world_size=world_size())
-    cuda = device.type == 'cuda'
     build = OPTIMIZERS.get(optimizer or method.optimizer)
     schedule = schedule or method.schedule
     SCHEDULES.get(schedule)  # unknown names fail here, with the choices
     def opt_func(groups, lr): return OptimWrapper(opt=build(list(groups), lr, device))
     callbacks = [MethodCallback(), NaNGuard(), Throughput(peak_tflops)]
     if cuda if bf16 is None else bf16: callbacks.append(BFloat16())
-    if cuda if channels_last is None else channels_last: callbacks.append(ChannelsLast())
+    if channels_last: callbacks.append(ChannelsLast())
     if compile: callbacks.append(Compile(None if compile is True else compile))
     if distributed: callbacks.append(AverageBatchNormStatistics())
     if knn_every:  # on a validation split: the test split is for final tables
         monitored = data.with_validation(0.1, seed=0)
         callbacks += [KNNMonitor(monitored, knn_every, size), CollapseMonitor(monitored, knn_every, size)]
     if probe and data.train.labels.max() >= 0: callbacks.append(OnlineProbe(data.num_classes))
-    if checkpoint: callbacks.append(Checkpoint(checkpoint))
+    if checkpoint: callbacks += [Checkpoint(checkpoint), HistoryFile(Path(checkpoint).with_name('history.csv'))]
     if progress == 'lines' and is_main(): callbacks.append(EpochLines())
-    learn = Learner(dls, model, loss_func=loss_func or method.loss, opt_func=opt_func, lr=method.lr,
+    learn = SSLLearner(dls, model, loss_func=loss_func or method.loss, opt_func=opt_func, lr=method.lr,
                     splitter=lambda model: optimizer_groups(method), cbs=callbacks + list(cbs or []))
     learn.recorder.smooth_loss = DeviceSmoothLoss()
     learn.recorder.valid_metrics = False  # no validation pass: the progress table shows epoch, train_loss, time
     learn.remove_cb(ProgressCallback)
     if progress == 'bar' and is_main(): learn.add_cb(QuietProgress())
     else: learn.logger = lambda *args: None
-    learn.method, learn.data, learn.schedule = method, data, schedule
+    learn.method, learn.data, learn.schedule, learn.meta = method, data, schedule, meta
+    # augmentations come from a stream of their own, seeded `seed + rank`: every process draws its own views, while all
+    # else that is random (initialising heads, drawing negatives) stays the same on every process, and the same as in
+    # one process on the concatenated batch
+    learn.view_random_state = process_view_state(seed, device)
     return learn
+
+
+def check_fits(method: Method, data: ImageData, arch: str):
+    "One dry forward pass of two images' views through a copy of `method`: an encoder that cannot take the data fails here, in one line."
+    trial = copy.deepcopy(method).eval()  # a copy: batch-norm statistics, queues and counters stay untouched
+    device = next(method.parameters()).device
+    images = data.train.images[:2].to(device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        try: views = trial.make_views(images)
+        except Exception: views = None  # a method whose views need training state (Exemplar's seeds): the encoder alone
+    try:
+        with torch.no_grad():
+            if views is None: trial.encoder(F.interpolate(data.normalize(images), size=trial.views[0].size))
+            else: trial(*views)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f'the {arch} encoder cannot take {data.name} images of {data.size} px as {method.name} '
+                         f'views them ({first_line}); choose another --arch or --data') from None
 
 
 def _split_size(data: ImageData, split: str) -> int:
@@ -632,6 +782,8 @@ def fit_ssl(learn: Learner, epochs: int, lr: float | None = None, resume: Path |
     if epochs < 1: raise UsageError(f'epochs must be at least 1, got {epochs}')
     if resume is True: resume = getattr(getattr(learn, 'checkpoint', None), 'path', None)
     learn.resumed_losses, learn.resumed_callbacks = [], {}
+    if resume and not Path(resume).exists():
+        warnings.warn(f'there is no checkpoint at {resume} to resume from; training starts from scratch')
     learn.resumed_epochs = load_checkpoint(learn, resume) if resume and Path(resume).exists() else 0
     if learn.opt is None: learn.create_opt()
     groups = learn.opt.opt.param_groups
@@ -641,8 +793,9 @@ def fit_ssl(learn: Learner, epochs: int, lr: float | None = None, resume: Path |
     base = SCHEDULES.get(schedule_name)(peak)
     schedules = {'lr': lambda progress: np.where(fixed, peak, base(progress))}
     if schedule_name == 'one_cycle': schedules['mom'] = combined_cos(0.25, *learn.moms)  # as fastai's fit_one_cycle
-    if learn.resumed_epochs < epochs:
-        learn.fit(epochs, cbs=ParamScheduler(schedules), start_epoch=learn.resumed_epochs)
+    # also when every epoch is done: the callbacks restore their histories in `before_fit`, so the record of a
+    # finished run that is resumed keeps its timings, kNN and probe accuracies (no epoch trains again)
+    learn.fit(max(epochs, learn.resumed_epochs), cbs=ParamScheduler(schedules), start_epoch=learn.resumed_epochs)
     learn.recorder.losses = list(learn.resumed_losses) + list(getattr(learn.recorder, 'losses', []))
     if getattr(learn, 'diverged', False):
         saved = getattr(getattr(learn, 'checkpoint', None), 'path', None)

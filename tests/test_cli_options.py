@@ -22,7 +22,7 @@ def test_every_method_lists_its_own_options():
 
 @pytest.mark.parametrize('pair, message', [
     ('queue_sze=64', "no option 'queue_sze'; choose from:"),
-    ('queue_size=many', 'must be a number'),
+    ('queue_size=many', 'must be a whole number'),
     ('temperature', 'NAME=VALUE'),
 ])
 def test_bad_options_are_one_line(pair, message):

@@ -31,7 +31,7 @@ def test_budget_epochs_rounds_and_keeps_one():
 
 def test_calibrate_scales_the_timed_epoch_to_the_training_split(tmp_path, monkeypatch):
     calls = []
-    def fake_bench(arguments, in_process=False):
+    def fake_bench(arguments, runner=None):
         calls.append(arguments)
         path = arguments[arguments.index('--json') + 1]
         path.write_text(json.dumps({'seconds': 2.0}))
@@ -136,7 +136,7 @@ def test_a_small_comparison_runs_resumes_and_skips(tmp_path):
                  '--label-fraction', '0.1', '0.5', '--device', 'cpu', '--out', str(tmp_path / 'out'),
                  '--runs', str(tmp_path / 'runs')]
     with contextlib.redirect_stdout(io.StringIO()):
-        report = comparison.run_compare(cli.build_parser().parse_args(arguments), in_process=True)
+        report = comparison.run_compare(cli.build_parser().parse_args(arguments), runner=cli.main)
     assert [r['method'] for r in report['records']] == ['rotnet'] and not report['failed']
     assert 'colour' in report['skipped']['colorization'] and not report['skipped']['colorization'].startswith('sslcourse')
     for record in report['records']:
@@ -146,7 +146,7 @@ def test_a_small_comparison_runs_resumes_and_skips(tmp_path):
     written = {p.name for p in (tmp_path / 'out').iterdir()}
     assert {'compare.json', 'compare.md', 'compare.png', 'records'} <= written
     again = compare(['rotnet'], None, 1, [0], [0.1, 0.5], 'fashion_mnist_small', 'convnet', 32, 'cpu', 10,
-                    tmp_path / 'out', tmp_path / 'runs', in_process=True, log=log.append)
+                    tmp_path / 'out', tmp_path / 'runs', runner=cli.main, log=log.append)
     assert log[0].startswith('rotnet seed 0: kept') and again['records'][0] == report['records'][0]
 
 

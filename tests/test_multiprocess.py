@@ -54,7 +54,10 @@ def _run(rank: int, folder: str, world_size: int, port: int):
     assert is_distributed() == (world_size > 1)
     converted = sum(isinstance(m, CrossProcessBatchNorm) for m in learn.method.modules())
     fit_ssl(learn, 1, lr=0.05)
-    augmented = simclr_views(28, data.mean, data.std)[0](data.train.images[:4])   # the process's own random draw
+    from sslcourse.learner import view_randomness
+    with view_randomness(learn):  # the process's own augmentation stream, as `make_views` draws from it in training
+        augmented = simclr_views(28, data.mean, data.std)[0](data.train.images[:4])
+    after_views = torch.rand(3)  # the global stream: the same on every process (heads, probes, negatives)
     # a memory bank and a queue receive every process's rows: each process sends its own, all end up identical
     from sslcourse.learner import MemoryBank, Queue
     from sslcourse.distributed import all_gather_no_grad
@@ -63,6 +66,7 @@ def _run(rank: int, folder: str, world_size: int, port: int):
     bank.update(torch.tensor([rank, 4 + rank]), rows)
     queue.push(all_gather_no_grad(rows))
     torch.save(dict(state=learn.method.state_dict(), indices=torch.cat(record.indices), augmented=augmented,
+                    after_views=after_views,
                     bank=bank.items, queue=queue.items, pointer=int(queue.pointer),
                     converted=converted, steps=len(record.indices), is_main=learn.method is learn.model or rank == 0,
                     wrapped=type(learn.model).__name__),
@@ -111,6 +115,7 @@ def test_the_processes_see_disjoint_images_and_draw_different_augmentations(runs
     assert len(first['indices']) == len(second['indices']) == GLOBAL_BATCH // WORLD_SIZE
     assert not set(first['indices'].tolist()) & set(second['indices'].tolist())
     assert not torch.allclose(first['augmented'], second['augmented']), 'each process must draw its own crops'
+    torch.testing.assert_close(first['after_views'], second['after_views'], msg='the global stream must stay shared')
 
 
 def test_memory_bank_and_queue_updates_are_gathered_from_every_process(runs):

@@ -50,7 +50,9 @@ class Autoencoder(Method):
     lr, optimizer, weight_decay = 2e-3, 'adamw', 1e-4
 
     def __init__(self, encoder, size: int, mean, std, noise: float = 0.0, decoder_width: int = 32):
-        if noise < 0: raise UsageError(f'noise is a standard deviation in pixel units (0 to 1), got {noise}')
+        if not noise >= 0: raise UsageError(f'autoencoder: noise must be at least 0 (a standard deviation in pixel units, 0 to 1), got {noise!r}')
+        if isinstance(decoder_width, bool) or not isinstance(decoder_width, int) or decoder_width < 2:
+            raise UsageError(f'autoencoder: decoder_width must be an integer ≥ 2 (its last block has decoder_width // 2 channels), got {decoder_width!r}')
         super().__init__(encoder, [plain_view(size, mean, std)])
         self.noise = noise
         # noise is given on the 0..1 pixel scale; the views are normalised, so scale it by 1/std per channel

@@ -26,9 +26,12 @@ class BarlowTwins(Method):
 
     def __init__(self, encoder, size: int, mean, std, lambd: float = 5e-3, projection_dim: int = 1024,
                  hidden_dim: int = 1024, scale=(0.3, 1.0), **view_options):
-        if lambd < 0: raise UsageError(f'barlow_twins option lambd must be at least 0 (the paper uses 5e-3), got {lambd}')
+        if not lambd >= 0: raise UsageError(f'barlow_twins: lambd must be at least 0 (the paper uses 5e-3), got {lambd!r}')
         for option, value in (('projection_dim', projection_dim), ('hidden_dim', hidden_dim)):
-            if value < 1: raise UsageError(f'barlow_twins option {option} must be at least 1 (default 1024), got {value}')
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'barlow_twins: {option} must be at least 1, a whole number (default 1024), got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'barlow_twins: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, byol_views(size, mean, std, scale=scale, **view_options))
         self.lambd = lambd
         # three linear layers with BN + ReLU between them (the paper: 8192-8192-8192); the loss standardises z itself

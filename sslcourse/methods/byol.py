@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import torch
 import torch.nn as nn
+from ..core import UsageError
 from ..learner import Method, register_method, ema_update_, cosine_momentum
 from ..losses import byol_loss
 from ..augment import byol_views
@@ -27,6 +28,14 @@ class BYOL(Method):
     def __init__(self, encoder, size: int, mean, std, base_momentum: float = 0.99, projection_dim: int = 128,
                  hidden_dim: int = 512, predictor: bool = True, stop_gradient: bool = True, scale=(0.3, 1.0),
                  **view_options):
+        if not 0 <= base_momentum < 1: raise UsageError(f'byol: base_momentum must be in [0, 1), got {base_momentum!r}')
+        for option, value in (('projection_dim', projection_dim), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'byol: {option} must be a positive integer, got {value!r}')
+        for option, value in (('predictor', predictor), ('stop_gradient', stop_gradient)):
+            if not isinstance(value, bool): raise UsageError(f'byol: {option} must be True or False, got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'byol: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, byol_views(size, mean, std, scale=scale, **view_options))
         self.base_momentum = base_momentum
         self.projector = mlp(encoder.num_features, hidden_dim, projection_dim)

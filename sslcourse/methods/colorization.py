@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
 from ..learner import Method, register_method
+from ..distributed import all_reduce_sum
 from ..augment import ViewPipeline, crop_matrices, apply_affine
 from ..color import (
     rgb_to_lab, lab_to_rgb, ab_bins, nearest_bin, soft_encode, smoothing_matrix, rebalancing_weights,
@@ -34,11 +35,21 @@ class Colorization(Method):
         if len(mean) != 3:
             raise UsageError(f'colorization needs colour images but this data has {len(mean)} channel(s); '
                              f'use --data {COLOUR_DATASETS}')
-        if not 0 < rebalance <= 1: raise UsageError(f'rebalance must be in (0, 1] (1 turns it off), got {rebalance}')
+        if not grid > 0: raise UsageError(f'colorization: grid (the side of an ab bin) must be positive, got {grid!r}')
+        for option, value in (('neighbours', neighbours), ('output_stride', output_stride), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'colorization: {option} must be a positive integer, got {value!r}')
+        for option, value in (('sigma', sigma), ('temperature', temperature)):
+            if not value > 0: raise UsageError(f'colorization: {option} must be positive, got {value!r}')
+        if not 0 < rebalance <= 1: raise UsageError(f'colorization: rebalance must be in (0, 1] (1 turns it off), got {rebalance!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'colorization: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, [ViewPipeline(size, mean, std, scale=scale, jitter=0.0, grayscale=0.0)])
         self.image_size, self.output_size = size, max(1, size // output_stride)
         self.neighbours, self.sigma, self.rebalance, self.temperature = neighbours, sigma, rebalance, temperature
         centers = ab_bins(grid)
+        if neighbours > len(centers):
+            raise UsageError(f'colorization: neighbours must be at most the {len(centers)} ab bins of grid={grid}, got {neighbours}')
         self.register_buffer('centers', centers)                              # (Q, 2) ab bin centres
         self.register_buffer('smoothing', smoothing_matrix(centers, sigma))   # (Q, Q)
         self.register_buffer('counts', torch.zeros(len(centers)))             # running histogram of the true bins
@@ -75,7 +86,8 @@ class Colorization(Method):
         if self.training:  # update the running histogram with index_add_: no host sync, no pass over the data
             with torch.no_grad():
                 bins = target.argmax(1).flatten()
-                self.counts.index_add_(0, bins, torch.ones_like(bins, dtype=self.counts.dtype))
+                seen = torch.zeros_like(self.counts).index_add_(0, bins, torch.ones_like(bins, dtype=self.counts.dtype))
+                self.counts += all_reduce_sum(seen)  # every process's pixels: one histogram, the same everywhere
         weights = rebalancing_weights(self.counts, self.smoothing, self.rebalance) if self.rebalance < 1 else None
         return colorization_loss(outputs['logits'], target, weights)
 

@@ -84,9 +84,20 @@ class ContextEncoder(Method):
     def __init__(self, encoder, size: int, mean, std, mask: str = 'center', hole: float = 0.5, blocks: int = 4,
                  block: float = 0.25, overlap: int | None = None, overlap_weight: float = 10.0,
                  adversarial: float = 0.0, scale=(0.6, 1.0), hidden_dim: int = 64):
-        if mask not in ('center', 'blocks'): raise UsageError(f"unknown mask '{mask}'; use center or blocks")
+        if mask not in ('center', 'blocks'): raise UsageError(f"context_encoder: mask must be 'center' or 'blocks', got {mask!r}")
+        for option, value in (('hole', hole), ('block', block)):
+            if not 0 < value < 1: raise UsageError(f'context_encoder: {option} is a fraction of the side in (0, 1), got {value!r}')
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise UsageError(f'context_encoder: blocks must be a positive integer, got {blocks!r}')
+        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0):
+            raise UsageError(f'context_encoder: overlap must be a whole number of pixels ≥ 0 (or None: the default), got {overlap!r}')
+        if not overlap_weight >= 0: raise UsageError(f'context_encoder: overlap_weight must be at least 0, got {overlap_weight!r}')
         if not 0 <= adversarial < 1:
-            raise UsageError(f'adversarial must be in [0, 1), got {adversarial}; the paper uses 0.001')
+            raise UsageError(f'context_encoder: adversarial must be in [0, 1) (the paper uses 0.001), got {adversarial!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'context_encoder: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
+        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 4:
+            raise UsageError(f'context_encoder: hidden_dim must be an integer ≥ 4 (the decoder narrows it 4×), got {hidden_dim!r}')
         super().__init__(encoder, [ViewPipeline(size, mean, std, scale=scale, jitter=0.0, grayscale=0.0)])
         self.image_size, self.mask, self.hole, self.blocks, self.block = size, mask, hole, blocks, block
         self.overlap = max(1, round(size * 4 / 128)) if overlap is None else overlap  # the paper's 4 px at 128 px

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ..core import UsageError
 from ..learner import Method, register_method
 from ..augment import ViewPipeline
 
@@ -53,6 +54,13 @@ class Counting(Method):
 
     def __init__(self, encoder, size: int, mean, std, counts: int = 256, hidden_dim: int = 512,
                  margin: float = 10.0, contrastive: bool = True, scale=(0.6, 1.0)):
+        for option, value in (('counts', counts), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'counting: {option} must be a positive integer, got {value!r}')
+        if not margin > 0: raise UsageError(f'counting: margin must be positive (contrastive=False drops that term), got {margin!r}')
+        if not isinstance(contrastive, bool): raise UsageError(f'counting: contrastive must be True or False, got {contrastive!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'counting: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, [ViewPipeline(size, mean, std, scale=scale, jitter=0.0, grayscale=0.0)])
         self.margin, self.contrastive = margin, contrastive
         # the counting vector φ ends in a ReLU: counts are never negative

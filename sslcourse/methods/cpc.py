@@ -159,14 +159,23 @@ class CPC(Method):
                  offsets: int = 3, dim: int = 64, hidden: int = 128, negatives: int = 16, same_image: float = 0.5,
                  temperature: float = 0.1, jitter: int | None = None, brightness: float = 0.3, contrast: float = 0.3,
                  epoch_fraction: float = 1 / 3):
-        if version not in (1, 2): raise UsageError(f'cpc: version must be 1 or 2, got {version!r}')
+        if isinstance(version, bool) or not isinstance(version, int) or version not in (1, 2):
+            raise UsageError(f'cpc: version must be 1 or 2, got {version!r}')
+        for option, value in (('grid', grid), ('patch', patch), ('jitter', jitter)):  # grid_geometry checks grid and patch's ranges
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f'cpc: {option} must be a whole number (or None: the default), got {value!r}')
+        if jitter is not None and jitter < 0: raise UsageError(f'cpc: jitter must be at least 0 px (or None: the default), got {jitter!r}')
         grid, patch, stride, _ = grid_geometry(size, grid, patch)
-        if not 1 <= offsets < grid:
-            raise UsageError(f'cpc: offsets must be between 1 and the grid rows - 1 = {grid - 1}, got {offsets}')
-        if negatives < 1: raise UsageError(f'cpc: negatives must be at least 1, got {negatives}')
-        if not 0 <= same_image <= 1: raise UsageError(f'cpc: same_image is a fraction in [0, 1], got {same_image}')
-        if not 0 < epoch_fraction <= 1: raise UsageError(f'cpc: epoch_fraction must be in (0, 1], got {epoch_fraction}')
-        if not temperature > 0: raise UsageError(f'cpc: the temperature must be positive, got {temperature}')
+        if isinstance(offsets, bool) or not isinstance(offsets, int) or not 1 <= offsets < grid:
+            raise UsageError(f'cpc: offsets must be between 1 and the grid rows - 1 = {grid - 1}, got {offsets!r}')
+        for option, value in (('dim', dim), ('hidden', hidden), ('negatives', negatives)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'cpc: {option} must be a positive integer, got {value!r}')
+        for option, value in (('brightness', brightness), ('contrast', contrast)):
+            if not 0 <= value <= 1: raise UsageError(f'cpc: {option} must be in [0, 1] (a factor in 1 ± {option}), got {value!r}')
+        if not 0 <= same_image <= 1: raise UsageError(f'cpc: same_image is a fraction in [0, 1], got {same_image!r}')
+        if not 0 < epoch_fraction <= 1: raise UsageError(f'cpc: epoch_fraction must be in (0, 1], got {epoch_fraction!r}')
+        if not temperature > 0: raise UsageError(f'cpc: temperature must be positive, got {temperature!r}')
         v2 = version == 2                                                    # v2: layer norm and patch augmentation
         view = PatchGridView(size, mean, std, grid, patch, (max(1, stride // 4) if jitter is None else jitter) if v2 else 0,
                              brightness if v2 else 0.0, contrast if v2 else 0.0)

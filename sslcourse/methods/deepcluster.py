@@ -106,11 +106,14 @@ class DeepCluster(Method):
 
     def __init__(self, encoder, size: int, mean, std, num_images: int, clusters: int = 100, pca_dim: int = 32,
                  kmeans_iterations: int = 20, scale=(0.3, 1.0), **view_options):
-        if not 2 <= clusters <= num_images:
-            raise UsageError(f'deepcluster: clusters={clusters} must be between 2 and the number of training images ({num_images}); '
-                             'more clusters than images leaves some empty')
-        if pca_dim < 1: raise UsageError(f'deepcluster: pca_dim must be at least 1, got {pca_dim}')
-        if kmeans_iterations < 1: raise UsageError(f'deepcluster: kmeans_iterations must be at least 1, got {kmeans_iterations}')
+        if isinstance(clusters, bool) or not isinstance(clusters, int) or not 2 <= clusters <= num_images:
+            raise UsageError(f'deepcluster: clusters={clusters!r} must be a whole number between 2 and the number of training '
+                             f'images ({num_images}); more clusters than images leaves some empty')
+        for option, value in (('pca_dim', pca_dim), ('kmeans_iterations', kmeans_iterations)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'deepcluster: {option} must be a positive integer, got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'deepcluster: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options)[:1])  # one view
         self.head = nn.Linear(encoder.num_features, clusters)
         self.register_buffer('assignments', torch.zeros(num_images, dtype=torch.long))  # pseudo-label of each image

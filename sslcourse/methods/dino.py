@@ -50,15 +50,23 @@ class DINO(Method):
         warmup = teacher_temperature if warmup_teacher_temperature is None else warmup_teacher_temperature
         for label, value in (('student_temperature', student_temperature), ('teacher_temperature', teacher_temperature),
                              ('warmup_teacher_temperature', warmup)):
-            if value <= 0: raise UsageError(f'DINO {label} must be positive, got {value}')
-        if not 0 <= momentum < 1: raise UsageError(f'DINO momentum must be in [0, 1), got {momentum}')
-        if not 0 <= center_momentum < 1: raise UsageError(f'DINO center_momentum must be in [0, 1), got {center_momentum}')
-        if outputs < 2: raise UsageError(f'DINO needs at least 2 outputs, got {outputs}')
-        if local_views < 0: raise UsageError(f'DINO local_views must be 0 (multi-crop off) or more, got {local_views}')
-        if not 0 <= warmup_fraction <= 1: raise UsageError(f'DINO warmup_fraction must be in [0, 1], got {warmup_fraction}')
+            if not value > 0: raise UsageError(f'DINO {label} must be positive, got {value!r}')  # `not >`: NaN fails too
+        if not 0 <= momentum < 1: raise UsageError(f'DINO momentum must be in [0, 1), got {momentum!r}')
+        if not 0 <= center_momentum < 1: raise UsageError(f'DINO center_momentum must be in [0, 1), got {center_momentum!r}')
+        if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 2:
+            raise UsageError(f'DINO needs a whole number of at least 2 outputs, got outputs={outputs!r}')
+        if not isinstance(centering, bool): raise UsageError(f'DINO centering must be True or False, got {centering!r}')
+        for label, value, meaning in (('local_views', local_views, '0 (multi-crop off) or more'),
+                                      ('freeze_epochs', freeze_epochs, '0 (never frozen) or more')):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f'DINO {label} must be a whole number, {meaning}, got {value!r}')
+        for label, value in (('hidden_dim', hidden_dim), ('bottleneck_dim', bottleneck_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'DINO {label} must be a positive integer, got {value!r}')
+        if not 0 <= warmup_fraction <= 1: raise UsageError(f'DINO warmup_fraction must be in [0, 1], got {warmup_fraction!r}')
         for label, scale in (('global_scale', global_scale), ('local_scale', local_scale)):
-            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise UsageError(f'DINO {label} must be (low, high) with 0 < low ≤ high ≤ 1, got {scale}')
+            if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise UsageError(f'DINO {label} must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, dino_views(size, mean, std, local_views=local_views, global_scale=global_scale,
                                              local_scale=local_scale, **view_options))
         self.student_temperature, self.final_teacher_temperature = student_temperature, teacher_temperature
@@ -70,6 +78,10 @@ class DINO(Method):
         self.teacher = nn.ModuleList([copy.deepcopy(encoder), copy.deepcopy(self.projector)]).requires_grad_(False)
         self.register_buffer('center', torch.zeros(outputs))  # c: stays 0 when centring is off
         self.epoch, self.pending = 0, None
+
+    # host floats that the schedules set after each step: a resumed run continues the warm-up instead of restarting it
+    def get_extra_state(self): return dict(teacher_temperature=self.teacher_temperature, momentum=self.momentum)
+    def set_extra_state(self, state): self.teacher_temperature, self.momentum = state['teacher_temperature'], state['momentum']
 
     def forward(self, *views) -> dict:
         count = len(views[0])

@@ -57,7 +57,13 @@ class Exemplar(Method):
 
     def __init__(self, encoder, size: int, mean, std, exemplars: int = 1000, scale=(0.3, 1.0),
                  rotation: float = 20.0, seed: int = 0, **view_options):
-        if exemplars < 2: raise UsageError(f'exemplars must be at least 2 (one class per seed image), got {exemplars}')
+        if isinstance(exemplars, bool) or not isinstance(exemplars, int) or exemplars < 2:
+            raise UsageError(f'exemplar: exemplars must be a whole number ≥ 2 (one class per seed image), got {exemplars!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'exemplar: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
+        if not 0 <= rotation <= 180: raise UsageError(f'exemplar: rotation must be in [0, 180] degrees, got {rotation!r}')
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UsageError(f'exemplar: seed must be a whole number ≥ 0, got {seed!r}')
         augment = ExemplarPipeline(size, mean, std, scale=scale, rotation=rotation, **view_options)
         super().__init__(encoder, [augment])
         self.plain, self.seed = plain_view(size, mean, std), seed

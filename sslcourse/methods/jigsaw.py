@@ -6,6 +6,7 @@ Docs: https://sslcourse.github.io/sslcourse/jigsaw.html.md"""
 
 # %% ../../nbs/23_jigsaw.ipynb #1206754a
 from __future__ import annotations
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,11 +34,24 @@ class Jigsaw(Method):
     def __init__(self, encoder, size: int, mean, std, permutations: int = 100, grid: int = 3, tile: int | None = None,
                  upsample: float = 1.0, tile_dim: int = 128, hidden_dim: int = 512, criterion: str = 'minimum',
                  min_std: float = 0.05):
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid not in (2, 3):
+            raise UsageError(f'jigsaw: grid must be 2 or 3 (grid² ≤ 10 tiles, all of whose orders are searched), got {grid!r}')
+        orders = math.factorial(grid * grid)
+        if isinstance(permutations, bool) or not isinstance(permutations, int) or not 2 <= permutations <= orders:
+            raise UsageError(f'jigsaw: permutations must be a whole number from 2 to {orders} for a {grid}×{grid} grid, got {permutations!r}')
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+            raise UsageError(f'jigsaw: tile must be a positive whole number of pixels (or None: the default), got {tile!r}')
+        if not upsample > 0: raise UsageError(f'jigsaw: upsample must be positive (2 doubles the image), got {upsample!r}')
+        for option, value in (('tile_dim', tile_dim), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'jigsaw: {option} must be a positive integer, got {value!r}')
+        if criterion not in ('minimum', 'sum'): raise UsageError(f"jigsaw: criterion must be 'minimum' or 'sum', got {criterion!r}")
+        if not min_std > 0: raise UsageError(f'jigsaw: min_std must be positive (it bounds the divisor of tile normalisation), got {min_std!r}')
         super().__init__(encoder, [plain_view(size, mean, std)])
         self.grid, self.tile, self.upsample, self.min_std = grid, tile, upsample, min_std
         self.cut_size = round(size * upsample)           # the side of the image the tiles are cut from
         if self.cut_size // grid < 1 or (tile or 1) > self.cut_size // grid:
-            raise UsageError(f'{grid}×{grid} tiles of {tile} px do not fit in a {self.cut_size}-px image; '
+            raise UsageError(f'jigsaw: {grid}×{grid} tiles of {tile} px do not fit in a {self.cut_size}-px image; '
                              'use a smaller tile or grid, or a larger upsample')
         # the permutation set is part of the model: a checkpoint's labels must be decoded with the same set
         self.register_buffer('permutations', hamming_permutations(permutations, grid * grid, criterion))

@@ -45,10 +45,18 @@ class MoCo(Method):
                      hidden_dim=hidden_dim, shuffle_groups=shuffle_groups, symmetric=symmetric)
         for key, value in given.items():
             if value is not None: setattr(self, key, value)
-        if not 0 <= self.momentum < 1: raise UsageError(f'MoCo momentum must be in [0, 1), got {self.momentum}')
-        if self.temperature <= 0: raise UsageError(f'MoCo temperature must be positive, got {self.temperature}')
-        if self.queue_size < 1 or self.shuffle_groups < 1:
-            raise UsageError(f'MoCo needs queue_size ≥ 1 and shuffle_groups ≥ 1, got {self.queue_size}, {self.shuffle_groups}')
+        name = self.name  # moco or mocov2
+        if not 0 <= self.momentum < 1: raise UsageError(f'{name}: momentum must be in [0, 1), got {self.momentum!r}')
+        if not self.temperature > 0: raise UsageError(f'{name}: temperature must be positive, got {self.temperature!r}')
+        for option in ('queue_size', 'projection_dim', 'hidden_dim', 'shuffle_groups'):
+            value = getattr(self, option)
+            if option == 'hidden_dim' and value is None: continue  # None: v1's linear head
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'{name}: {option} must be a positive integer, got {value!r}')
+        if not isinstance(self.symmetric, bool): raise UsageError(f'{name}: symmetric must be True or False, got {self.symmetric!r}')
+        scale = view_options.get('scale', (0.3, 1.0))  # moco_views' crop scale unless -o scale=... overrides it
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'{name}: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         features = encoder.num_features
         self.head = (nn.Linear(features, self.projection_dim) if self.hidden_dim is None
                      else mlp(features, self.hidden_dim, self.projection_dim))

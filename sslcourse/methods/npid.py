@@ -28,11 +28,16 @@ class NPID(Method):
 
     def __init__(self, encoder, size: int, mean, std, num_images: int, dim: int = 128, negatives: int = 1024,
                  temperature: float = 0.07, momentum: float = 0.5, loss: str = 'softmax', scale=(0.3, 1.0), **view_options):
-        if not 0 < negatives <= num_images:
-            raise UsageError(f'npid: negatives K={negatives} must be between 1 and the bank size {num_images} (one entry per training image)')
-        if not 0 <= momentum < 1: raise UsageError(f'npid: the bank momentum must be in [0, 1), got {momentum}')
-        if not temperature > 0: raise UsageError(f'npid: the temperature must be positive, got {temperature}')
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise UsageError(f'npid: dim must be a positive integer, got {dim!r}')
+        if isinstance(negatives, bool) or not isinstance(negatives, int) or not 0 < negatives <= num_images:
+            raise UsageError(f'npid: negatives K={negatives!r} must be a whole number between 1 and the bank size {num_images} '
+                             '(one entry per training image)')
+        if not 0 <= momentum < 1: raise UsageError(f'npid: the bank momentum must be in [0, 1), got {momentum!r}')
+        if not temperature > 0: raise UsageError(f'npid: the temperature must be positive, got {temperature!r}')
         if loss not in ('nce', 'softmax'): raise UsageError(f"npid: loss must be 'nce' or 'softmax', got {loss!r}")
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'npid: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options)[:1])  # one view
         self.head = nn.Linear(encoder.num_features, dim)
         self.bank = MemoryBank(num_images, dim, momentum=momentum)
@@ -59,11 +64,8 @@ class NPID(Method):
         self.pending = indices, z.detach()                  # written to the bank after the optimiser step
         positives, negatives = self.bank[indices], self.bank.negatives(self.num_negatives)  # (N, D), (K, D)
         if self.objective == 'softmax': return info_nce(z, positives, negatives, self.temperature)
-        n = len(self.bank)
-        with torch.no_grad():  # Z ≈ n·E[exp(vᵀf/τ)], once; torch.where keeps it on the device (no host sync)
-            estimate = n * torch.exp(z.detach() @ negatives.T / self.temperature).mean()
-            self.normaliser.copy_(torch.where(self.normaliser > 0, self.normaliser, estimate))
-        return nce_loss(z, positives, negatives, self.temperature, 1 / n, self.normaliser)
+        self.bank.estimate_normaliser_(self.normaliser, z, negatives, self.temperature)  # Z, once, for every process
+        return nce_loss(z, positives, negatives, self.temperature, 1 / len(self.bank), self.normaliser)
 
     def on_step(self, progress: float):
         if self.pending is not None: self.bank.update(*self.pending); self.pending = None

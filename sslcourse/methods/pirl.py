@@ -64,12 +64,22 @@ class PIRL(Method):
     def __init__(self, encoder, size: int, mean, std, num_images: int, dim: int = 128, tile_weight: float = 0.5,
                  negatives: int = 1024, temperature: float = 0.07, momentum: float = 0.5, loss: str = 'softmax',
                  grid: int = 3, tile: int | None = None, min_std: float = 0.05, scale=(0.3, 1.0), **view_options):
-        if not 0 <= tile_weight <= 1: raise UsageError(f'pirl: the tile weight λ must be in [0, 1], got {tile_weight}')
-        if not 0 < negatives <= num_images:
-            raise UsageError(f'pirl: negatives K={negatives} must be between 1 and the bank size {num_images} (one entry per training image)')
-        if not 0 <= momentum < 1: raise UsageError(f'pirl: the bank momentum must be in [0, 1), got {momentum}')
-        if not temperature > 0: raise UsageError(f'pirl: the temperature must be positive, got {temperature}')
+        if not 0 <= tile_weight <= 1:  # NaN fails too
+            raise UsageError(f'pirl: tile_weight (the weight of the tile loss) λ must be in [0, 1], got {tile_weight!r}')
+        if isinstance(negatives, bool) or not isinstance(negatives, int) or not 0 < negatives <= num_images:
+            raise UsageError(f'pirl: negatives K={negatives!r} must be a whole number between 1 and the bank size {num_images} '
+                             '(one entry per training image)')
+        if not 0 <= momentum < 1: raise UsageError(f'pirl: the bank momentum must be in [0, 1), got {momentum!r}')
+        if not temperature > 0: raise UsageError(f'pirl: the temperature must be positive, got {temperature!r}')
         if loss not in ('nce', 'softmax'): raise UsageError(f"pirl: loss must be 'nce' or 'softmax', got {loss!r}")
+        for option, value in (('dim', dim), ('grid', grid)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'pirl: {option} must be a positive integer, got {value!r}')
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+            raise UsageError(f'pirl: tile must be a positive whole number of pixels (or None: the default), got {tile!r}')
+        if not min_std > 0: raise UsageError(f'pirl: min_std must be positive (it bounds the divisor of tile normalisation), got {min_std!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'pirl: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options)[:1])  # the whole image
         self.head = nn.Linear(encoder.num_features, dim)                   # f
         self.tile_head = nn.Linear(encoder.num_features, dim)              # g, per tile
@@ -113,9 +123,6 @@ class PIRL(Method):
         memory, negatives = self.bank[indices], self.bank.negatives(self.num_negatives)  # (N, D), (K, D)
         if self.objective == 'softmax':
             return pirl_loss(image, outputs.get('tiles'), memory, negatives, self.temperature, self.tile_weight)
-        n = len(self.bank)
-        with torch.no_grad():  # Z ≈ n·E[exp(m·f/τ)], once, from the image term; torch.where: no host sync
-            estimate = n * torch.exp(image.detach() @ negatives.T / self.temperature).mean()
-            self.normaliser.copy_(torch.where(self.normaliser > 0, self.normaliser, estimate))
+        self.bank.estimate_normaliser_(self.normaliser, image, negatives, self.temperature)  # Z, once, from the image term
         return pirl_loss(image, outputs.get('tiles'), memory, negatives, self.temperature, self.tile_weight,
-                         1 / n, self.normaliser)
+                         1 / len(self.bank), self.normaliser)

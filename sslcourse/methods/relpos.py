@@ -62,6 +62,13 @@ class RelativePosition(Method):
 
     def __init__(self, encoder, size: int, mean, std, upsample: float = 1.0, patch: int | None = None,
                  gap: int | None = None, jitter: int | None = None, pair_dim: int = 256, hidden_dim: int = 512):
+        if not upsample > 0: raise UsageError(f'relpos: upsample must be positive (2 doubles the image), got {upsample!r}')
+        for option, value, least in (('patch', patch, 1), ('gap', gap, 0), ('jitter', jitter, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise UsageError(f'relpos: {option} must be a whole number of pixels ≥ {least} (or None: the default), got {value!r}')
+        for option, value in (('pair_dim', pair_dim), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'relpos: {option} must be a positive integer, got {value!r}')
         super().__init__(encoder, [plain_view(size, mean, std)])
         self.upsample = upsample
         self.cut_size = round(size * upsample)           # the side of the image the patches are cut from
@@ -70,7 +77,7 @@ class RelativePosition(Method):
         self.gap = geometry['gap'] if gap is None else gap
         self.jitter = geometry['jitter'] if jitter is None else jitter
         if 3 * self.patch + 2 * self.gap > self.cut_size:
-            raise UsageError(f'3 patches of {self.patch} px with gaps of {self.gap} px do not fit in {self.cut_size} px; '
+            raise UsageError(f'relpos: 3 patches of {self.patch} px with gaps of {self.gap} px do not fit in {self.cut_size} px; '
                              'use smaller patches or gaps, or a larger upsample')
         # Doersch's fc6 on each patch, then fc7/fc8 over the concatenated pair
         self.patch_head = nn.Sequential(nn.Linear(encoder.num_features, pair_dim), nn.ReLU(inplace=True))

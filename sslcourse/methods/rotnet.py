@@ -43,8 +43,12 @@ class RotNet(Method):
 
     def __init__(self, encoder, size: int, mean, std, rotations: int = 4, hidden_dim: int = 256,
                  scale=(0.6, 1.0), **view_options):
-        if rotations not in QUARTER_TURNS:
-            raise UsageError(f'rotations must be 4 (0/90/180/270°) or 2 (0/180°), got {rotations}')
+        if isinstance(rotations, bool) or not isinstance(rotations, int) or rotations not in QUARTER_TURNS:
+            raise UsageError(f'rotnet: rotations must be 4 (0/90/180/270°) or 2 (0/180°), got {rotations!r}')
+        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise UsageError(f'rotnet: hidden_dim must be a positive integer, got {hidden_dim!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'rotnet: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         # flips and mild crops; colour jitter would not hide the orientation, so it is off
         view = ViewPipeline(size, mean, std, scale=scale, jitter=0.0, grayscale=0.0, **view_options)
         super().__init__(encoder, [view])

@@ -48,13 +48,15 @@ class SeLa(Method):
 
     def __init__(self, encoder, size: int, mean, std, num_images: int, clusters: int = 100, epsilon: float = 0.04,
                  sinkhorn_iterations: int = 100, equipartition: bool = True, scale=(0.3, 1.0), **view_options):
-        if not 2 <= clusters <= num_images:
-            raise UsageError(f'sela: clusters={clusters} must be between 2 and the number of training images ({num_images}); '
-                             'more clusters than images leaves some empty')
-        if not epsilon > 0: raise UsageError(f'sela: epsilon (1/λ) must be greater than 0, got {epsilon}')
-        if sinkhorn_iterations < 1: raise UsageError(f'sela: sinkhorn_iterations must be at least 1, got {sinkhorn_iterations}')
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise UsageError(f'sela: scale must be (low, high) with 0 < low ≤ high ≤ 1, got {tuple(scale)}')
+        if isinstance(clusters, bool) or not isinstance(clusters, int) or not 2 <= clusters <= num_images:
+            raise UsageError(f'sela: clusters={clusters!r} must be a whole number between 2 and the number of training '
+                             f'images ({num_images}); more clusters than images leaves some empty')
+        if not epsilon > 0: raise UsageError(f'sela: epsilon (1/λ) must be greater than 0, got {epsilon!r}')
+        if isinstance(sinkhorn_iterations, bool) or not isinstance(sinkhorn_iterations, int) or sinkhorn_iterations < 1:
+            raise UsageError(f'sela: sinkhorn_iterations must be a positive integer, got {sinkhorn_iterations!r}')
+        if not isinstance(equipartition, bool): raise UsageError(f'sela: equipartition must be True or False, got {equipartition!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'sela: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options)[:1])  # one view
         self.head = nn.Linear(encoder.num_features, clusters)
         self.register_buffer('assignments', torch.zeros(num_images, dtype=torch.long))  # label of each training image

@@ -61,8 +61,18 @@ class Selfie(Method):
 
     def __init__(self, encoder, size: int, mean, std, grid: int = 4, patch: int | None = None, masked: int = 4,
                  dim: int = 128, layers: int = 2, heads: int = 4, scale=(0.6, 1.0)):
-        if not 1 < masked < grid * grid:
-            raise UsageError(f'masked must be between 2 and {grid * grid - 1} for a {grid}×{grid} grid, got {masked}')
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+            raise UsageError(f'selfie: grid must be a whole number ≥ 2 (grid × grid patches), got {grid!r}')
+        if isinstance(masked, bool) or not isinstance(masked, int) or not 1 < masked < grid * grid:
+            raise UsageError(f'selfie: masked must be a whole number from 2 to {grid * grid - 1} for a {grid}×{grid} grid, got {masked!r}')
+        if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int) or patch < 1):
+            raise UsageError(f'selfie: patch must be a positive whole number of pixels (or None: the default), got {patch!r}')
+        for option, value in (('dim', dim), ('layers', layers), ('heads', heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'selfie: {option} must be a positive integer, got {value!r}')
+        if dim % heads: raise UsageError(f'selfie: dim must be a multiple of heads ({heads}), got {dim}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'selfie: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         patch = patch or max(8, size // grid)  # the kit's ConvNet halves the resolution 3 times: 8 px at least
         # the crop is resampled straight to grid × patch pixels (32 px for 28-px Fashion-MNIST)
         super().__init__(encoder, [ViewPipeline(grid * patch, mean, std, scale=scale, jitter=0.0, grayscale=0.0)])

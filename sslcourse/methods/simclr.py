@@ -7,6 +7,7 @@ Docs: https://sslcourse.github.io/sslcourse/simclr.html.md"""
 # %% ../../nbs/30_simclr.ipynb #64c3ae4c
 from __future__ import annotations
 import torch
+from ..core import UsageError
 from ..learner import Method, register_method, gather_with_grad
 from ..losses import nt_xent
 from ..augment import simclr_views
@@ -24,6 +25,12 @@ class SimCLR(Method):
 
     def __init__(self, encoder, size: int, mean, std, temperature: float = 0.2, projection_dim: int = 128,
                  hidden_dim: int = 512, scale=(0.3, 1.0), **view_options):
+        if not temperature > 0: raise UsageError(f'simclr: temperature must be positive, got {temperature!r}')
+        for option, value in (('projection_dim', projection_dim), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'simclr: {option} must be a positive integer, got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'simclr: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options))
         self.temperature = temperature
         self.projector = mlp(encoder.num_features, hidden_dim, projection_dim)

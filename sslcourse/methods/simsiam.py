@@ -38,6 +38,8 @@ class SimSiam(Method):
                 raise UsageError(f'simsiam: {option} must be a positive integer, got {value!r}')
         for option, value in (('predictor', predictor), ('stop_gradient', stop_gradient), ('output_batch_norm', output_batch_norm)):
             if not isinstance(value, bool): raise UsageError(f'simsiam: {option} must be True or False, got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'simsiam: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, simclr_views(size, mean, std, scale=scale, **view_options))
         # every layer batch-normalised, the output too (affine-free), as Chen & He's projector
         self.projector = mlp(encoder.num_features, hidden_dim, projection_dim, layers=3, last_batch_norm=output_batch_norm)

@@ -31,15 +31,24 @@ class SwAV(Method):
                  epsilon: float = 0.05, iterations: int = 3, local_views: int = 4, global_scale=(0.3, 1.0),
                  local_scale=(0.1, 0.3), queue_size: int = 0, queue_start: int = 2, freeze_epochs: int = 1,
                  projection_dim: int = 128, hidden_dim: int = 512, **view_options):
-        if epsilon <= 0: raise UsageError(f'SwAV epsilon must be positive, got {epsilon}')
-        if temperature <= 0: raise UsageError(f'SwAV temperature must be positive, got {temperature}')
-        if prototypes < 2: raise UsageError(f'SwAV needs at least 2 prototypes, got {prototypes}')
-        if iterations < 1: raise UsageError(f'SwAV needs at least 1 Sinkhorn iteration, got {iterations}')
-        if local_views < 0: raise UsageError(f'SwAV local_views must be 0 (multi-crop off) or more, got {local_views}')
-        if queue_size < 0: raise UsageError(f'SwAV queue_size must be 0 (off) or positive, got {queue_size}')
+        if not epsilon > 0: raise UsageError(f'SwAV epsilon must be positive, got {epsilon!r}')  # `not >`: NaN fails too
+        if not temperature > 0: raise UsageError(f'SwAV temperature must be positive, got {temperature!r}')
+        if isinstance(prototypes, bool) or not isinstance(prototypes, int) or prototypes < 2:
+            raise UsageError(f'SwAV needs a whole number of at least 2 prototypes, got prototypes={prototypes!r}')
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise UsageError(f'SwAV iterations (Sinkhorn) must be a positive integer, got {iterations!r}')
+        for label, value, meaning in (('local_views', local_views, '0 (multi-crop off) or more'),
+                                      ('queue_size', queue_size, '0 (off) or positive'),
+                                      ('queue_start', queue_start, '0 (from the first epoch) or more'),
+                                      ('freeze_epochs', freeze_epochs, '0 (never frozen) or more')):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f'SwAV {label} must be a whole number, {meaning}, got {value!r}')
+        for label, value in (('projection_dim', projection_dim), ('hidden_dim', hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'SwAV {label} must be a positive integer, got {value!r}')
         for label, scale in (('global_scale', global_scale), ('local_scale', local_scale)):
-            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise UsageError(f'SwAV {label} must be (low, high) with 0 < low ≤ high ≤ 1, got {scale}')
+            if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise UsageError(f'SwAV {label} must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, swav_views(size, mean, std, local_views=local_views, global_scale=global_scale,
                                              local_scale=local_scale, **view_options))
         self.temperature, self.epsilon, self.iterations = temperature, epsilon, iterations
@@ -48,8 +57,15 @@ class SwAV(Method):
         self.prototypes = nn.Linear(projection_dim, prototypes, bias=False)  # K unit vectors c_k, as rows
         self.normalize_prototypes()
         if queue_size:  # one queue per global crop, each holding this process's share of the earlier embeddings
-            self.queues = nn.ModuleList([Queue(max(1, queue_size // world_size()), projection_dim) for _ in range(2)])
+            # its random first rows are never read (the queue is used once full), and their number depends on the number of
+            # processes: drawing them aside keeps every later draw (heads, the online probe) the same with any number
+            with torch.random.fork_rng(devices=[]):
+                self.queues = nn.ModuleList([Queue(max(1, queue_size // world_size()), projection_dim) for _ in range(2)])
         self.epoch, self.queued = 0, 0  # host-side counters: reading them never syncs
+
+    # the queue's fill count is part of the state: a resumed run uses its restored queue at once, as the run it continues did
+    def get_extra_state(self): return dict(queued=self.queued)
+    def set_extra_state(self, state): self.queued = int(state['queued'])
 
     @torch.no_grad()
     def normalize_prototypes(self):

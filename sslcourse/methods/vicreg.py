@@ -30,11 +30,14 @@ class VICReg(Method):
         weights = dict(invariance_weight=invariance_weight, variance_weight=variance_weight,
                        covariance_weight=covariance_weight)
         for option, value in weights.items():
-            if value < 0: raise UsageError(f'vicreg option {option} must be at least 0 (the paper uses 25, 25, 1), got {value}')
+            if not value >= 0: raise UsageError(f'vicreg: {option} must be at least 0 (the paper uses 25, 25, 1), got {value!r}')
         if not any(weights.values()):
             raise UsageError('vicreg: invariance_weight, variance_weight and covariance_weight are all 0; nothing would be learned')
         for option, value in (('projection_dim', projection_dim), ('hidden_dim', hidden_dim)):
-            if value < 1: raise UsageError(f'vicreg option {option} must be at least 1 (default 1024), got {value}')
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f'vicreg: {option} must be at least 1, a whole number (default 1024), got {value!r}')
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UsageError(f'vicreg: scale must be a pair (low, high) with 0 < low ≤ high ≤ 1, got {scale!r}')
         super().__init__(encoder, byol_views(size, mean, std, scale=scale, **view_options))
         self.weights = tuple(float(w) for w in weights.values())
         # the expander: three linear layers, BN + ReLU between them (the paper's is 8192-8192-8192)
