@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, inspect, json, os, sys, time
 from pathlib import Path
 import torch
-from .core import UsageError, seed_everything, get_device, write_json
+from .core import UsageError, seed_everything, get_device, training_device, write_json
 from .data import get_data, list_datasets, label_subset
 from .distributed import is_main, world_size, finish_distributed, local_batchnorm
 from .models import list_architectures, create_encoder, ARCHITECTURES
@@ -191,7 +191,7 @@ def _check_options(args):
     if args.compile is not None and args.compile not in COMPILE_MODES:
         raise UsageError(f"unknown --compile mode '{args.compile}'; choose from: {', '.join(COMPILE_MODES)}")
     check_output_paths(out=getattr(args, 'out', None), json_path=args.json)
-    return get_device(args.device)
+    return training_device(args.device)
 
 
 # torch.compile's modes (torch's documentation of `torch.compile`); checked here so that a typo fails before training

@@ -14,7 +14,8 @@ import torch
 warnings.filterwarnings('ignore', category=FutureWarning, message=r'.*torch\.jit\.script.*')
 
 # %% auto #0
-__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'budget', 'Registry', 'check_names', 'write_json']
+__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'training_device', 'budget', 'Registry', 'check_names',
+           'write_json']
 
 # %% ../nbs/00_core.ipynb #39c9ef58
 class UsageError(ValueError):
@@ -35,14 +36,18 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     except RuntimeError: raise UsageError(f"unknown device '{device}'; use cpu or cuda") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f'--device {device} was asked for but only {torch.cuda.device_count()} GPU(s) are visible')
-    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
-    if device.type not in ('cpu', 'cuda') and not (device.type == 'mps' and mps):
-        available = 'cpu, cuda' + (', mps' if mps else '') if torch.cuda.is_available() else 'cpu' + (', mps' if mps else '')
-        raise UsageError(f"--device {device.type} cannot train here; use one of: {available}")
     if device.type == 'cuda' and device.index is None:  # one process per GPU: the launcher numbers them on each machine
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return device
+
+
+def training_device(device: str | torch.device | None = None) -> torch.device:
+    "`get_device`, refusing in one line the devices that cannot train here (`meta`; `mps` on a machine without one)."
+    device = get_device(device)
+    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if device.type not in ('cpu', 'cuda') and not (device.type == 'mps' and mps):
+        available = ', '.join(['cpu'] + ['cuda'] * torch.cuda.is_available() + ['mps'] * mps)
+        raise UsageError(f'--device {device.type} cannot train here; use one of: {available}')
     return device
 
 # %% ../nbs/00_core.ipynb #96f68011

@@ -38,7 +38,7 @@ def test_torchrun_two_processes_end_to_end(small_fashion, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('pretraining simclr') == 1 and result.stdout.count('wrote ') == 1, result.stdout
     assert 'x 2 processes' in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ['checkpoint.pth', 'embedding.png', 'loss.png']
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint.pth', 'embedding.png', 'history.csv', 'loss.png']
     assert not list(tmp_path.rglob('*.tmp'))
     written = json.loads(record.read_text())
     assert written['processes'] == 2 and written['epochs'] == 2
