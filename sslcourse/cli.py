@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, inspect, json, os, sys, time
 from pathlib import Path
 import torch
-from .core import UsageError, seed_everything, get_device, training_device, write_json
+from .core import UsageError, TrainingDiverged, seed_everything, get_device, training_device, write_json
 from .data import get_data, list_datasets, label_subset
 from .distributed import is_main, world_size, finish_distributed, local_batchnorm
 from .models import list_architectures, create_encoder, ARCHITECTURES
@@ -172,7 +172,7 @@ def parse_method_options(method_class, pairs: list[str]) -> dict:
 
 
 def _check_options(args):
-    from sslcourse.learner import get_method
+    from sslcourse.method import get_method
     method_class = get_method(args.method)  # unknown methods list the valid ones
     args.method_options = parse_method_options(method_class, args.option)
     if args.epochs is None: args.epochs = getattr(method_class, 'epochs', 8)  # a method may be given fewer, costlier epochs
@@ -315,7 +315,7 @@ def bench(args) -> dict:
 
 
 def list_all(args):
-    from sslcourse.learner import list_methods, get_method
+    from sslcourse.method import list_methods, get_method  # light: neither fastai nor matplotlib
     if getattr(args, 'method', None):
         method_class = get_method(args.method)
         print(f'{args.method} options (pretrain ... -o NAME=VALUE):')
@@ -330,7 +330,6 @@ def list_all(args):
 # %% ../nbs/08_cli.ipynb #e79c955b
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sslcourse` console script; returns the exit status (see `EXIT_STATUSES`)."
-    from sslcourse.learner import TrainingDiverged
     args = None
     try:
         args = build_parser().parse_args(argv)

@@ -14,12 +14,16 @@ import torch
 warnings.filterwarnings('ignore', category=FutureWarning, message=r'.*torch\.jit\.script.*')
 
 # %% auto #0
-__all__ = ['IN_TEST', 'UsageError', 'seed_everything', 'get_device', 'training_device', 'budget', 'Registry', 'check_names',
-           'write_json']
+__all__ = ['IN_TEST', 'UsageError', 'TrainingDiverged', 'seed_everything', 'get_device', 'training_device', 'budget', 'Registry',
+           'check_names', 'write_json']
 
 # %% ../nbs/00_core.ipynb #39c9ef58
 class UsageError(ValueError):
     "Bad input from the user. The message is one line: what was wrong, and what would work."
+
+
+class TrainingDiverged(RuntimeError):
+    "The loss, a gradient or a weight became NaN or infinite (the command line exits with status 3)."
 
 # %% ../nbs/00_core.ipynb #3eae175f
 def seed_everything(seed: int = 0) -> int:

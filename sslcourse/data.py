@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from torchvision import datasets as torchvision_datasets
 from .core import UsageError, Registry, get_device  # first: it silences fastai's import-time warning
-from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_CLASSES', 'EMBEDDED_DIR', 'DEBIAN_FASHION_MNIST', 'DATASETS', 'HOW_TO_GET', 'CIFAR_PIXELS',
@@ -730,6 +729,7 @@ def dataloaders(data: ImageData, bs: int = 256, device=None, split: str = 'train
     train = GPUBatches(training, bs, device, indices=indices, sampler=sampler, seed=seed,
                        rank=rank, world_size=world_size)
     valid = GPUBatches(data.test, max(1, min(bs, len(data.test))), device, shuffle=False, drop_last=False)
+    from fastai.data.core import DataLoaders  # here, not above: importing the data module stays free of fastai
     dls = DataLoaders(train, valid, device=train.device)
     dls.n_inp = 1  # fastai's Learner._split reads it: xb = (images,), yb = (labels,) or (labels, indices)
     return dls

@@ -10,18 +10,12 @@ import contextlib, copy, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.learner import Learner
-from fastai.data.core import DataLoaders
-from fastai.optimizer import OptimWrapper
-from fastai.torch_core import trainable_params
-from fastai.callback.core import Callback, CancelValidException
-import fastai.callback.progress, fastai.callback.schedule  # noqa: F401 (add no_bar and fit_one_cycle)
 from .core import UsageError, get_device, seed_everything, budget
 from .data import ImageData, label_subset, GPUBatches, Split
 
 # %% auto #0
 __all__ = ['embed', 'pixels', 'knn_accuracy', 'accuracy', 'standardise', 'linear_probe', 'evaluate_encoder', 'reinitialised',
-           'compare_with_baselines', 'format_results', 'Classifier', 'TrainingInput', 'classifier_learner',
+           'compare_with_baselines', 'format_results', 'Classifier', 'training_input', 'classifier_learner',
            'training_epochs', 'finetune', 'fit_classifier']
 
 # %% ../nbs/05_evaluate.ipynb #08f43ee2
@@ -162,21 +156,30 @@ class Classifier(nn.Module):
     def forward(self, x): return self.head(self.encoder(x))
 
 
-class TrainingInput(Callback):
-    "Turns each uint8 training batch into network input with `transform`, on the device; cancels validation."
-    def __init__(self, transform): self.transform = transform
-    def before_batch(self): self.learn.xb = (self.transform(self.xb[0]),)
-    def before_validate(self): raise CancelValidException()  # scored once, with `accuracy`, after training
+def training_input(transform):
+    "A fastai callback that turns each uint8 training batch into network input with `transform`, on the device, and cancels validation."
+    from fastai.callback.core import Callback, CancelValidException
+    class TrainingInput(Callback):
+        def __init__(self, transform): self.transform = transform
+        def before_batch(self): self.learn.xb = (self.transform(self.xb[0]),)
+        def before_validate(self): raise CancelValidException()  # scored once, with `accuracy`, after training
+    return TrainingInput(transform)
 
 
 def classifier_learner(model: nn.Module, train: Split, transform, bs: int, device=None, weight_decay: float = 0.0,
-                       label_smoothing: float = 0.0, splitter=trainable_params) -> Learner:
+                       label_smoothing: float = 0.0, splitter=None) -> Learner:
     "A fastai `Learner` training `model` with AdamW and cross-entropy on `GPUBatches` of `train`, each through `transform`."
+    # fastai is imported when a classifier trains, not with this module: a method that only embeds stays light
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.optimizer import OptimWrapper
+    from fastai.torch_core import trainable_params
+    import fastai.callback.progress, fastai.callback.schedule  # noqa: F401 (add no_bar and fit_one_cycle)
     batches = GPUBatches(train, bs, device)
     optimizer = lambda params, lr: OptimWrapper(params, torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
     # fastai wants a validation loader; it is never iterated (TrainingInput cancels validation)
     return Learner(DataLoaders(batches, batches), model, loss_func=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-                   opt_func=optimizer, splitter=splitter, cbs=[TrainingInput(transform)])
+                   opt_func=optimizer, splitter=splitter or trainable_params, cbs=[training_input(transform)])
 
 # %% ../nbs/05_evaluate.ipynb #0c7a9820
 def training_epochs(train_size: int, bs: int, epochs: int, min_steps: int, max_steps: int) -> int:

@@ -11,8 +11,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import matplotlib
-import matplotlib.pyplot as plt
 from .core import UsageError, get_device, seed_everything, write_json
 from .data import ImageData, Split, get_data, label_subset
 from .evaluate import accuracy
@@ -209,6 +207,7 @@ def _by_n(values: dict) -> dict:
 
 def plot_layer_transfer(results: dict, ax=None, title: str | None = None) -> matplotlib.figure.Figure:
     "Accuracy on task B against the number n of transferred layers, per arm, with baseB as the reference line."
+    import matplotlib.pyplot as plt  # here, not above: the command line imports this module for its flags
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.5, 4.5))
     base = np.array(results['base']['B'])
     ax.axhline(base.mean(), color='black', linestyle='--', linewidth=1, label=f'baseB {base.mean():.3f}')
@@ -231,6 +230,7 @@ def plot_layer_transfer(results: dict, ax=None, title: str | None = None) -> mat
 # %% ../nbs/12_layer_transfer.ipynb #9a2a0976
 def plot_relative_transfer(runs: dict, ax=None) -> matplotlib.figure.Figure:
     "AnB and RnB accuracy divided by baseB accuracy against n, for each run in `runs` ({label: results})."
+    import matplotlib.pyplot as plt
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
     ax.axhline(1, color='black', linestyle='--', linewidth=1, label='baseB')
     for (label, results), colour in zip(runs.items(), plt.get_cmap('tab10').colors):

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from .core import Registry, UsageError, get_device  # first: it silences fastai's import-time warning
+from .core import Registry, UsageError, TrainingDiverged, get_device  # first: it silences fastai's import-time warning
 from fastai.learner import Learner, AvgSmoothLoss
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.callback.progress import ProgressCallback
@@ -24,162 +24,16 @@ from .data import ImageData, dataloaders, get_data
 from .augment import make_views
 from .models import create_encoder, input_size
 from .evaluate import embed, knn_accuracy
+from .method import *  # the method API and a method's state (no fastai there)
 from .distributed import (init_distributed, is_distributed, rank, world_size, is_main, barrier, gather_with_grad,
                           all_gather_no_grad, all_reduce_sum, all_reduce_max, sync_batchnorm as sync_batchnorm_)
 
 # %% auto #0
-__all__ = ['METHODS', 'OPTIMIZERS', 'SCHEDULES', 'Method', 'register_method', 'get_method', 'list_methods', 'reset_head_',
-           'ema_update_', 'cosine_momentum', 'Queue', 'MemoryBank', 'SSLCallback', 'view_randomness',
-           'process_view_state', 'MethodCallback', 'BFloat16', 'ChannelsLast', 'Compile', 'QuietProgress',
-           'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image', 'embed_all', 'KNNMonitor', 'OnlineProbe',
-           'effective_rank', 'CollapseMonitor', 'TrainingDiverged', 'NaNGuard', 'save_checkpoint', 'load_checkpoint',
-           'Checkpoint', 'epoch_summary', 'EpochLines', 'HistoryFile', 'one_cycle', 'warmup_cosine', 'optimizer_groups',
-           'SSLLearner', 'ssl_learner', 'check_fits', 'AverageBatchNormStatistics', 'fit_ssl']
-
-# %% ../nbs/07_learner.ipynb #93a8ea3e
-class Method(nn.Module):
-    "Base class of every SSL method: views, model, state, loss, hooks and declarations (see the learner notebook)."
-    lr: float = 2e-3                      # default peak learning rate for `fit_ssl`
-    optimizer: str = 'adamw'              # a name in OPTIMIZERS: adamw, sgd, lars
-    schedule: str = 'one_cycle'           # a name in SCHEDULES: one_cycle, warmup_cosine
-    weight_decay: float = 1e-4            # on weights; norms and biases get none (see `parameter_groups`)
-    needs_indices: bool = False           # batches carry dataset positions: loss(outputs, labels, indices)
-    needs_num_images: bool = False        # the constructor receives `num_images=` (the number of training images)
-    find_unused_parameters: bool = False  # for DistributedDataParallel: some parameters skip some steps
-
-    def __init__(self, encoder: nn.Module, views: list):
-        super().__init__()
-        self.encoder, self.views = encoder, views
-
-    def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        "1. Views: uint8 images (N, C, H, W) → a list of float view batches."
-        return make_views(images, self.views)
-
-    def forward(self, *views) -> dict:
-        "2. Model: views → outputs, including `features` of the first view."
-        raise NotImplementedError
-
-    def loss(self, outputs: dict, *targets) -> torch.Tensor:
-        "4. Loss: a pure function of the outputs. `targets` are the batch's (labels,), or (labels, indices) when `needs_indices`."
-        raise NotImplementedError
-
-    def parameter_groups(self) -> list[dict]:
-        "Optimiser groups: torch's keys plus `lr_scale` (× the scheduled rate) and `fixed_lr` (stay at the peak rate)."
-        # timm's rule (`param_groups_weight_decay`): 1-D tensors, norms and biases, get none. Written out here because
-        # importing timm costs seconds in every process, and most runs use none of it.
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [dict(params=[p for p in trainable if p.ndim <= 1], weight_decay=0.0),
-                  dict(params=[p for p in trainable if p.ndim > 1], weight_decay=self.weight_decay)]
-        return [group for group in groups if group['params']]
-
-    def epoch_order(self, count: int, generator: torch.Generator) -> torch.Tensor | None:
-        "Dataset positions to visit this epoch (any length, repeats allowed); None means a random permutation."
-        return None
-
-    # The hooks are not named after fastai's events: a `Learner` forwards unknown attributes to its model, so a
-    # method with an `after_step` would be called by every callback that lacks one.
-    def before_optimizer_step(self, progress: float):
-        "5. After the backward pass, before the optimiser step: freeze prototypes, cancel a layer's gradient."
-
-    def on_step(self, progress: float):
-        "5. After each optimiser step; `progress` runs from 0 to 1 over training. EMA and queue updates go here."
-
-    def on_epoch_start(self, learn): "5. Before each training epoch (clustering methods assign pseudo-labels here)."
-    def on_epoch_end(self, learn): "5. After each training epoch."
-
-
-METHODS = Registry('method')
-
-
-def register_method(cls):
-    "Class decorator: register a `Method` under its `name`."
-    return METHODS.register(cls.name)(cls)
-
-
-def _import_methods():
-    "Import every module of `sslcourse.methods`, which registers its method."
-    import importlib, pkgutil, sslcourse.methods as package
-    for module in pkgutil.iter_modules(package.__path__): importlib.import_module(f'{package.__name__}.{module.name}')
-
-
-def get_method(name: str):
-    "The `Method` class registered as `name`."
-    _import_methods()
-    return METHODS.get(name)
-
-
-def list_methods() -> list[str]:
-    "Names of all registered methods."
-    _import_methods()
-    return METHODS.names()
-
-
-def reset_head_(learn: Learner, module: nn.Module):
-    "Re-initialise `module`'s layers and drop their optimiser state (DeepCluster's classifier, every epoch)."
-    for layer in module.modules():
-        if hasattr(layer, 'reset_parameters'): layer.reset_parameters()
-    if learn.opt is not None:
-        for parameter in module.parameters(): learn.opt.opt.state.pop(parameter, None)
-
-# %% ../nbs/07_learner.ipynb #fa4acac1
-@torch.no_grad()
-def ema_update_(target: nn.Module, online: nn.Module, momentum: float):
-    "In place: target ← momentum·target + (1 − momentum)·online for parameters; buffers (BN statistics) are copied."
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - momentum)
-    target_buffers, online_buffers = list(target.buffers()), list(online.buffers())
-    if target_buffers: torch._foreach_copy_(target_buffers, online_buffers)
-
-
-def cosine_momentum(base: float, progress: float) -> float:
-    "BYOL's schedule (Grill et al. 2020, §3.2): 1 − (1 − base)·(cos(π·progress) + 1)/2, from `base` to 1."
-    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
-
-# %% ../nbs/07_learner.ipynb #70eb4259
-class Queue(nn.Module):
-    "A ring buffer of the last `size` embeddings of dimension `dim`, with an on-device write pointer."
-    def __init__(self, size: int, dim: int):
-        super().__init__()
-        self.register_buffer('items', F.normalize(torch.randn(size, dim), dim=1))
-        self.register_buffer('pointer', torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def push(self, x: torch.Tensor):
-        "Write the rows of `x` after the last ones written, wrapping around; only the last `size` rows if more."
-        size, count = len(self.items), len(x)
-        kept = x[-size:]                                   # shapes are known on the host: no sync
-        index = (self.pointer + (count - len(kept)) + torch.arange(len(kept), device=x.device)) % size
-        self.items.index_copy_(0, index, kept.to(self.items.dtype))
-        self.pointer.copy_((self.pointer + count) % size)
-
-
-class MemoryBank(nn.Module):
-    "One L2-normalised `dim`-vector per training image, updated by EMA at the images' dataset indices."
-    def __init__(self, size: int, dim: int, momentum: float = 0.5):
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer('items', F.normalize(torch.randn(size, dim), dim=1))
-
-    def __len__(self): return len(self.items)
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor: return self.items[indices]
-
-    @torch.no_grad()
-    def update(self, indices: torch.Tensor, x: torch.Tensor):
-        "m[i] ← normalise(momentum·m[i] + (1 − momentum)·x) for each row; rows of every process are gathered first."
-        indices, x = all_gather_no_grad(indices), all_gather_no_grad(x.detach().to(self.items.dtype))
-        mixed = torch.lerp(x, self.items[indices], self.momentum)
-        self.items.index_copy_(0, indices, F.normalize(mixed, dim=1))  # indices are distinct within an epoch's batch
-
-    @torch.no_grad()
-    def estimate_normaliser_(self, normaliser: torch.Tensor, queries: torch.Tensor, negatives: torch.Tensor,
-                             temperature: float):
-        "NCE's Z ≈ n·E[exp(mᵀf/τ)] (Wu et al. 2018, eq. 5), into `normaliser` once (while 0), over every process's queries."
-        mean = all_reduce_sum(torch.exp(queries.detach() @ negatives.T / temperature).mean()) / world_size()  # equal batches
-        normaliser.copy_(torch.where(normaliser > 0, normaliser, len(self) * mean))  # torch.where: no host sync
-
-    def negatives(self, count: int, queries: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        "`count` random rows (count, dim), shared by all queries, or (queries, count, dim) drawn for each query."
-        shape = (count,) if queries is None else (queries, count)
-        return self.items[torch.randint(len(self.items), shape, device=self.items.device, generator=generator)]
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'SSLCallback', 'view_randomness', 'process_view_state', 'MethodCallback', 'BFloat16',
+           'ChannelsLast', 'Compile', 'QuietProgress', 'DeviceSmoothLoss', 'Throughput', 'training_flops_per_image',
+           'KNNMonitor', 'OnlineProbe', 'effective_rank', 'CollapseMonitor', 'NaNGuard', 'save_checkpoint',
+           'load_checkpoint', 'Checkpoint', 'epoch_summary', 'EpochLines', 'HistoryFile', 'one_cycle', 'warmup_cosine',
+           'optimizer_groups', 'SSLLearner', 'ssl_learner', 'check_fits', 'AverageBatchNormStatistics', 'fit_ssl']
 
 # %% ../nbs/07_learner.ipynb #e75297a5
 class SSLCallback(Callback):
@@ -344,18 +198,6 @@ def training_flops_per_image(learn: Learner, n: int = 8) -> float:
     return counter.get_total_flops() / len(images)
 
 
-def embed_all(encoder: nn.Module, images: torch.Tensor, data: ImageData, size: int | None = None) -> torch.Tensor:
-    "Features of every image; with several processes each embeds every world_size-th image and all are gathered."
-    device = next(encoder.parameters()).device
-    if not is_distributed(): return embed(encoder, images, data, device=device, size=size)
-    count, share, processes = len(images), -(-len(images) // world_size()), world_size()
-    mine = (torch.arange(share) * processes + rank()).clamp(max=count - 1)  # the last image pads the last share
-    gathered = all_gather_no_grad(embed(encoder, images[mine], data, device=device, size=size))
-    where = (torch.arange(share).repeat(processes) * processes
-             + torch.arange(processes).repeat_interleave(share)).clamp(max=count - 1).to(device)
-    return torch.zeros(count, gathered.shape[1], device=device).index_copy_(0, where, gathered)
-
-
 class KNNMonitor(SSLCallback):
     "Weighted kNN accuracy every `every` epochs, in `history`: `data.train` votes, `data.test` asks (`ssl_learner` passes a validation split)."
     order = 80
@@ -440,10 +282,6 @@ class CollapseMonitor(SSLCallback):
         self.history.append((self.epoch + 1, float(z.std(0).mean()), effective_rank(z)))  # host sync: per epoch
 
 # %% ../nbs/07_learner.ipynb #5fea32f5
-class TrainingDiverged(RuntimeError):
-    "The loss, a gradient or a weight became NaN or infinite."
-
-
 def _finite(tensors: list) -> torch.Tensor:
     "A device flag: every tensor is finite (the norm of a tensor with a NaN or inf is not finite)."
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()) if tensors else torch.ones((), dtype=torch.bool)

@@ -16,8 +16,6 @@ from .data import ImageData
 from .models import Encoder
 from .augment import ViewPipeline
 from .evaluate import knn_accuracy, linear_probe, finetune
-import matplotlib
-import matplotlib.pyplot as plt
 import sslcourse
 
 # %% auto #0
@@ -230,6 +228,7 @@ def format_blockwise(results: dict) -> str:
 
 def plot_blockwise(results: dict, reference: dict | None = None, metric: str = 'linear', title: str | None = None):
     "Accuracy per block for each representation in `results`; `reference` {name: accuracy} draws horizontal lines."
+    import matplotlib, matplotlib.pyplot as plt  # here, not above: a method that imports this module stays light
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, rows in results.items():
         ax.plot(list(rows), [row[metric] for row in rows.values()], 'o-', label=name)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .core import UsageError, check_names, get_device, seed_everything
 from .data import ImageData, Split, balanced_subset
 from .models import create_encoder
-from .learner import ssl_learner, fit_ssl, get_method
+from .method import get_method
+from .learner import ssl_learner, fit_ssl
 from .evaluate import linear_probe
 from .losses import nt_xent, vicreg_loss
 from .methods.rotnet import rotate_batch

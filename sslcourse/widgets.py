@@ -567,7 +567,8 @@ def colorization_explorer(method: nn.Module, images: torch.Tensor) -> widgets.HB
 
 # %% ../nbs/09_widgets.ipynb #w9mp002
 from fastai.callback.core import Callback, CancelFitException
-from .learner import ssl_learner, fit_ssl, list_methods, get_method, TrainingDiverged
+from .method import list_methods, get_method
+from .learner import ssl_learner, fit_ssl, TrainingDiverged
 
 PANEL_RUNS: list[dict] = []   # one row per finished or stopped run of any method panel, kept while the kernel runs
 

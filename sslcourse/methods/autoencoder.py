@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..models import conv_block
 from ..pretext import plain_view
 

@@ -8,7 +8,8 @@ Docs: https://sslcourse.github.io/sslcourse/barlow_twins.html.md"""
 from __future__ import annotations
 import torch
 from ..core import UsageError
-from ..learner import Method, register_method, gather_with_grad
+from ..method import Method, register_method
+from ..distributed import gather_with_grad
 from ..losses import barlow_twins_loss, cross_correlation
 from ..augment import byol_views
 from ..models import mlp

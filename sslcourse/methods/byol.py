@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 from ..core import UsageError
-from ..learner import Method, register_method, ema_update_, cosine_momentum
+from ..method import Method, register_method, ema_update_, cosine_momentum
 from ..losses import byol_loss
 from ..augment import byol_views
 from ..models import mlp

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..distributed import all_reduce_sum
 from ..augment import ViewPipeline, crop_matrices, apply_affine
 from ..color import (

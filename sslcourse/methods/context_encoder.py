@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..augment import ViewPipeline
 
 # %% auto #0

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method, reset_head_, embed_all
+from ..method import Method, register_method, reset_head_, embed_all
 from ..augment import simclr_views
 
 # %% auto #0

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method, ema_update_, cosine_momentum
+from ..method import Method, register_method, ema_update_, cosine_momentum
 from ..distributed import all_reduce_sum, world_size
 from ..losses import dino_loss
 from ..augment import dino_views

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..augment import ViewPipeline, crop_matrices, apply_affine, color_jitter, random_grayscale
 from ..pretext import plain_view
 

@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 from ..core import UsageError
-from ..learner import Method, register_method, ema_update_, Queue
+from ..method import Method, register_method, ema_update_, Queue
 from ..distributed import all_gather_no_grad, world_size
 from ..losses import info_nce
 from ..augment import ViewPipeline

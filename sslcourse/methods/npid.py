@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, MemoryBank, register_method
+from ..method import Method, MemoryBank, register_method
 from ..losses import nce_loss, info_nce
 from ..augment import simclr_views
 from ..evaluate import embed

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..models import mlp
 from ..pretext import crop_patches, plain_view
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method, embed_all
+from ..method import Method, register_method, embed_all
 from ..losses import sinkhorn
 from ..augment import simclr_views
 

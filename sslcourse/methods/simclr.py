@@ -8,7 +8,8 @@ Docs: https://sslcourse.github.io/sslcourse/simclr.html.md"""
 from __future__ import annotations
 import torch
 from ..core import UsageError
-from ..learner import Method, register_method, gather_with_grad
+from ..method import Method, register_method
+from ..distributed import gather_with_grad
 from ..losses import nt_xent
 from ..augment import simclr_views
 from ..models import mlp

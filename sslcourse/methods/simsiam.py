@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from ..core import UsageError
-from ..learner import Method, register_method
+from ..method import Method, register_method
 from ..losses import byol_loss
 from ..augment import simclr_views
 from ..models import mlp

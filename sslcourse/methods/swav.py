@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..core import UsageError
-from ..learner import Method, register_method, Queue
+from ..method import Method, register_method, Queue
 from ..distributed import world_size
 from ..losses import swav_loss
 from ..augment import swav_views
