@@ -1,4 +1,4 @@
-"""One small base class that every SSL method of the course fits, and the shared machinery (views, EMA, queues, probes, throughput, checkpoints) written once.
+"""A fastai `Learner` for any method of the course, and the shared machinery that trains it (views on the device, per-process augmentation, probes, throughput, checkpoints) written once.
 
 Docs: https://sslcourse.github.io/sslcourse/learner.html.md"""
 
