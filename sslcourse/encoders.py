@@ -67,7 +67,7 @@ def _unreadable(path: Path, error: Exception) -> str:
 # %% ../nbs/07b_encoders.ipynb #db2c06d1
 def rebuild_method(state: dict, source: str = 'the checkpoint'):
     "The method a checkpoint's `meta` describes, with the checkpoint's weights, in eval mode on the CPU."
-    from sslcourse.learner import get_method, list_methods
+    from sslcourse.method import get_method, list_methods
     meta = state.get('meta')
     if meta is None:
         raise UsageError(f"{source} has no 'meta' entry: its learner was built from a Method instance, not a method "
