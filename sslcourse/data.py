@@ -718,7 +718,7 @@ def training_split(data: ImageData, split: str = 'train') -> Split:
 
 
 def dataloaders(data: ImageData, bs: int = 256, device=None, split: str = 'train', indices: bool = False,
-                sampler=None, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoaders:
+                sampler=None, seed: int = 0, rank: int = 0, world_size: int = 1):
     """fastai `DataLoaders` over GPU-resident batches: `split` to train on (sharded by `rank` and `world_size`, see
     `GPUBatches`), the test split, whole and in order, to validate. `n_inp = 1`: the images are the model's input,
     and the labels (and, with `indices`, the dataset positions) go to the loss."""

@@ -167,7 +167,7 @@ def training_input(transform):
 
 
 def classifier_learner(model: nn.Module, train: Split, transform, bs: int, device=None, weight_decay: float = 0.0,
-                       label_smoothing: float = 0.0, splitter=None) -> Learner:
+                       label_smoothing: float = 0.0, splitter=None):
     "A fastai `Learner` training `model` with AdamW and cross-entropy on `GPUBatches` of `train`, each through `transform`."
     # fastai is imported when a classifier trains, not with this module: a method that only embeds stays light
     from fastai.learner import Learner

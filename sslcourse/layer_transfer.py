@@ -205,7 +205,7 @@ def _by_n(values: dict) -> dict:
     return {int(n): list(v) for n, v in values.items()}
 
 
-def plot_layer_transfer(results: dict, ax=None, title: str | None = None) -> matplotlib.figure.Figure:
+def plot_layer_transfer(results: dict, ax=None, title: str | None = None):
     "Accuracy on task B against the number n of transferred layers, per arm, with baseB as the reference line."
     import matplotlib.pyplot as plt  # here, not above: the command line imports this module for its flags
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.5, 4.5))
@@ -228,7 +228,7 @@ def plot_layer_transfer(results: dict, ax=None, title: str | None = None) -> mat
     return fig
 
 # %% ../nbs/12_layer_transfer.ipynb #9a2a0976
-def plot_relative_transfer(runs: dict, ax=None) -> matplotlib.figure.Figure:
+def plot_relative_transfer(runs: dict, ax=None):
     "AnB and RnB accuracy divided by baseB accuracy against n, for each run in `runs` ({label: results})."
     import matplotlib.pyplot as plt
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))

@@ -98,7 +98,7 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def reset_head_(learn: Learner, module: nn.Module):
+def reset_head_(learn, module: nn.Module):
     "Re-initialise `module`'s layers and drop their optimiser state (DeepCluster's classifier, every epoch)."
     for layer in module.modules():
         if hasattr(layer, 'reset_parameters'): layer.reset_parameters()
