@@ -595,6 +595,7 @@ def check_fits(method: Method, data: ImageData, arch: str):
         with torch.no_grad():
             if views is None: trial.encoder(F.interpolate(data.normalize(images), size=trial.views[0].size))
             else: trial(*views)
+    except UsageError: raise  # the method's own one-line message says it better
     except (RuntimeError, ValueError, AssertionError, IndexError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UsageError(f'the {arch} encoder cannot take {data.name} images of {data.size} px as {method.name} '
