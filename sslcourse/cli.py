@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, inspect, json, os, sys, time
 from pathlib import Path
 import torch
-from .core import UsageError, TrainingDiverged, seed_everything, get_device, training_device, write_json
+from .core import UsageError, TrainingDiverged, seed_everything, training_device, write_json
 from .data import get_data, list_datasets, label_subset
 from .distributed import is_main, world_size, finish_distributed, local_batchnorm
 from .models import list_architectures, create_encoder, ARCHITECTURES
