@@ -189,16 +189,26 @@ class Site:
     def api(self) -> str:
         "Every public name of the package, by module, with its one-line summary and a link to where it is documented."
         from sslcourse._modidx import d
-        lines = ['# API reference', '', 'Every public name of the `sslcourse` package, by module. Each links to its '
+        import sslcourse
+        lines = ['# API reference', '', 'Every public name of the `sslcourse` package, by layer and module, from the '
+                 'foundation up (the layers are explained in [package](package.html)). Each links to its '
                  'documentation in the lesson that builds it; `import sslcourse.<module>` gives the same objects.', '']
-        for module, syms in sorted(d['syms'].items()):
+        layers = list(sslcourse.PACKAGE_LAYERS.items())[::-1]  # foundation first
+        def layer(module):
+            return max((len(p), i) for i, (_, prefixes) in enumerate(layers) for p in prefixes
+                       if module == p or (p != 'sslcourse' and module.startswith(p + '.')))[1]
+        current = None
+        for module, syms in sorted(d['syms'].items(), key=lambda item: (layer(item[0]), item[0])):
             public = {k: v for k, v in syms.items() if not any(part.startswith('_') for part in k[len(module) + 1:].split('.'))}
             if not public: continue
+            if layer(module) != current:
+                current = layer(module)
+                lines += [f'## {layers[current][0].capitalize()}', '']
             try: mod = importlib.import_module(module)
             except Exception: mod = None
             page = Path(next(iter(public.values()))[0].partition('#')[0]).stem
             title = self.pages.get(page, {}).get('title', page)
-            lines += [f'## {module}', '', f'Built in [{title}]({page}.html).' if page in self.pages else '', '',
+            lines += [f'### {module}', '', f'Built in [{title}]({page}.html).' if page in self.pages else '', '',
                       '| name | summary |', '|---|---|']
             for full, (url, _) in sorted(public.items()):
                 short = full[len(module) + 1:]

@@ -71,10 +71,10 @@ def _training_arguments(parser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Part 1's and Part 5's experiments bring their own flags, defined beside the code they run
-    from sslcourse.transfer import add_finetune_arguments, run_finetune
-    from sslcourse.layer_transfer import add_transfer_arguments, run_transfer
-    from sslcourse.compare import add_compare_arguments, run_compare
-    from sslcourse.encoders import add_evaluate_arguments, run_evaluate
+    from sslcourse.experiments.finetune import add_finetune_arguments, run_finetune
+    from sslcourse.experiments.layer_transfer import add_transfer_arguments, run_transfer
+    from sslcourse.experiments.benchmark import add_compare_arguments, run_compare
+    from sslcourse.train.encoders import add_evaluate_arguments, run_evaluate
     layout = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser = _Parser(prog='sslcourse', description='Self-supervised learning course and experiment kit.', **layout)
     commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
@@ -172,7 +172,7 @@ def parse_method_options(method_class, pairs: list[str]) -> dict:
 
 
 def _check_options(args):
-    from sslcourse.method import get_method
+    from sslcourse.train.method import get_method
     method_class = get_method(args.method)  # unknown methods list the valid ones
     args.method_options = parse_method_options(method_class, args.option)
     if args.epochs is None: args.epochs = getattr(method_class, 'epochs', 8)  # a method may be given fewer, costlier epochs
@@ -217,7 +217,7 @@ def check_output_paths(out: str | Path | None = None, json_path: str | Path | No
 
 # %% ../nbs/08_cli.ipynb #52009637
 def _learner(args, device, data, **options):
-    from sslcourse.learner import ssl_learner
+    from sslcourse.train.learner import ssl_learner
     seed_everything(args.seed)
     compile_mode = None if args.compile in (None, 'default') else args.compile
     return ssl_learner(args.method, data, arch=args.arch, bs=args.bs, device=device, seed=args.seed,
@@ -250,7 +250,7 @@ def peak_memory_mb(device) -> float:
 
 
 def pretrain(args) -> dict:
-    from sslcourse.learner import fit_ssl
+    from sslcourse.train.learner import fit_ssl
     from sslcourse.evaluate import compare_with_baselines, format_results, embed, finetune
     from sslcourse.viz import plot_training, plot_embedding, save_figure
     device = _check_options(args)
@@ -301,7 +301,7 @@ def bench(args) -> dict:
     if args.epochs < 2: raise UsageError('bench needs --epochs 2 or more: the first epoch is warm-up')
     data = get_data(args.data, root=args.data_dir, download=args.download, limit=args.limit)
     learn = _learner(args, device, data, knn_every=None, probe=False, peak_tflops=args.peak_tflops)
-    from sslcourse.learner import fit_ssl
+    from sslcourse.train.learner import fit_ssl
     fit_ssl(learn, args.epochs, args.lr)
     if not _leave_processes(args): return {}
     timing = learn.throughput.summary(skip_first=True)
@@ -315,7 +315,7 @@ def bench(args) -> dict:
 
 
 def list_all(args):
-    from sslcourse.method import list_methods, get_method  # light: neither fastai nor matplotlib
+    from sslcourse.train.method import list_methods, get_method  # light: neither fastai nor matplotlib
     if getattr(args, 'method', None):
         method_class = get_method(args.method)
         print(f'{args.method} options (pretrain ... -o NAME=VALUE):')

@@ -20,9 +20,10 @@ from .core import UsageError, Registry, get_device  # first: it silences fastai'
 # %% auto #0
 __all__ = ['FASHION_MNIST_CLASSES', 'EMBEDDED_DIR', 'DEBIAN_FASHION_MNIST', 'DATASETS', 'HOW_TO_GET', 'CIFAR_PIXELS',
            'STL10_CLASSES', 'STL10_IMAGE_BYTES', 'IMAGENETTE_FOLDER', 'IMAGENETTE_NAMES', 'IMAGE_SUFFIXES',
-           'TRAIN_SPLITS', 'Split', 'channel_stats', 'ImageData', 'read_idx', 'data_root', 'load_fashion_mnist_dir',
-           'load_cifar', 'load_stl10', 'load_imagenette', 'balanced_subset', 'get_data', 'list_datasets',
-           'label_subset', 'GPUBatches', 'training_split', 'dataloaders']
+           'PHOTO_REGIONS', 'TRAIN_SPLITS', 'Split', 'channel_stats', 'ImageData', 'read_idx', 'data_root',
+           'load_fashion_mnist_dir', 'load_cifar', 'load_stl10', 'load_imagenette', 'sample_photographs',
+           'photo_textures', 'balanced_subset', 'get_data', 'list_datasets', 'label_subset', 'GPUBatches',
+           'training_split', 'dataloaders']
 
 # %% ../nbs/01_data.ipynb #38808361
 @dataclass
@@ -573,9 +574,57 @@ def _imagenette(root=None, download=False, size=64):
 
 @DATASETS.register('photo_textures')
 def _photo_textures(root=None, download=False, **options):
-    # built in lesson 11b from photographs that ship with scikit-learn and matplotlib; imported only when asked for
-    from sslcourse.transfer import photo_textures
     return photo_textures(**options)
+
+# %% ../nbs/01_data.ipynb #5b7c1e21
+# class -> (photograph, training rectangles, test rectangles); rectangles are (left, top, right, bottom) in pixels
+PHOTO_REGIONS = {
+    'sky': ('china.jpg', [(350, 10, 490, 170)], [(490, 10, 630, 140), (0, 10, 90, 140)]),
+    'lake': ('china.jpg', [(345, 245, 440, 300)], [(450, 245, 545, 300)]),
+    'trees': ('china.jpg', [(380, 340, 640, 427)], [(0, 365, 190, 427)]),
+    'roof tiles': ('china.jpg', [(90, 256, 330, 284)], [(210, 360, 298, 388), (165, 82, 255, 110)]),
+    'pagoda wall': ('china.jpg', [(100, 190, 320, 232)], [(85, 290, 340, 332)]),
+    'petals': ('flower.jpg', [(210, 140, 305, 320)], [(310, 140, 410, 320)]),
+    'blurred leaves': ('flower.jpg', [(0, 10, 160, 400)], [(470, 10, 640, 380)]),
+    'flag stars': ('grace_hopper.jpg', [(0, 0, 130, 115)], [(0, 115, 130, 230)]),
+    'studio backdrop': ('grace_hopper.jpg', [(385, 20, 512, 220)], [(400, 220, 512, 330)]),
+    'navy uniform': ('grace_hopper.jpg', [(40, 400, 190, 478)], [(340, 400, 480, 485)]),
+}
+
+
+def sample_photographs() -> dict:
+    "The colour photographs that ship with scikit-learn and matplotlib, as uint8 (H, W, 3) arrays by file name."
+    import numpy as np, matplotlib
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    samples = load_sample_images()
+    photos = {path.rsplit('/', 1)[-1]: image for path, image in zip(samples.filenames, samples.images)}
+    photos['grace_hopper.jpg'] = np.asarray(Image.open(Path(matplotlib.get_data_path()) / 'sample_data' / 'grace_hopper.jpg').convert('RGB'))
+    return photos
+
+
+def _crops(photo: torch.Tensor, rectangles: list, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    "`count` random `size`-px crops of `photo` (3, H, W), each lying wholly inside one of `rectangles`."
+    out = []
+    for index in torch.randint(len(rectangles), (count,), generator=generator).tolist():
+        left, top, right, bottom = rectangles[index]
+        x = torch.randint(left, right - size + 1, (1,), generator=generator).item()
+        y = torch.randint(top, bottom - size + 1, (1,), generator=generator).item()
+        out.append(photo[:, y:y + size, x:x + size])
+    return torch.stack(out)
+
+
+def photo_textures(train_per_class: int = 500, test_per_class: int = 100, size: int = 28, seed: int = 0) -> ImageData:
+    "Ten colour texture classes cut from the bundled photographs; training and test crops from disjoint rectangles."
+    photos = {name: torch.tensor(image).permute(2, 0, 1) for name, image in sample_photographs().items()}
+    generator = torch.Generator().manual_seed(seed)
+    splits = {'train': ([], []), 'test': ([], [])}
+    for label, (photo, train_rectangles, test_rectangles) in enumerate(PHOTO_REGIONS.values()):
+        for split, rectangles, count in (('train', train_rectangles, train_per_class), ('test', test_rectangles, test_per_class)):
+            splits[split][0].append(_crops(photos[photo], rectangles, count, size, generator))
+            splits[split][1].append(torch.full((count,), label, dtype=torch.int64))
+    train, test = (Split(torch.cat(images), torch.cat(labels)) for images, labels in splits.values())
+    return ImageData('photo_textures', train, test, list(PHOTO_REGIONS))
 
 # %% ../nbs/01_data.ipynb #052652b4
 def balanced_subset(labels: torch.Tensor, per_class, seed: int = 0) -> torch.Tensor:

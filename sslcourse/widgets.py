@@ -215,8 +215,8 @@ def temperature_explorer(batch: tuple | None = None, hard: int = 3) -> widgets.H
     return figure_widget(render_temperature, controls, batch=batch, hard=hard)
 
 # %% ../nbs/09_widgets.ipynb #w9lt002
-from .layer_transfer import ARMS, ARM_STYLES
-from .supervised import RESULTS_DIR
+from .experiments.layer_transfer import ARMS, ARM_STYLES
+from .experiments.supervised import RESULTS_DIR
 
 LAYER_TRANSFER_RESULTS = RESULTS_DIR / 'layer_transfer.json'
 
@@ -265,7 +265,7 @@ def layer_transfer_explorer(results: dict | None = None) -> widgets.HBox:
     return figure_widget(render, controls, results=results)
 
 # %% ../nbs/09_widgets.ipynb #w9ch002
-from .inspection import (BACKGROUND, network_input, block_outputs, receptive_box, mosaic,
+from .experiments.what_transfers import (BACKGROUND, network_input, block_outputs, receptive_box, mosaic,
                                   class_activation_maps, _padded_crop, _display_image)
 
 
@@ -357,8 +357,8 @@ def channel_picker(networks: dict, images: torch.Tensor, data: ImageData, heads:
     return figure_widget(render, dict(encoder=encoder, block=block, channel=channel))
 
 # %% ../nbs/09_widgets.ipynb #w9pk002
-from .methods.relpos import NEIGHBOURS, relpos_geometry
-from .pretext import crop_patches, tile_board
+from .methods.pretext.relpos import NEIGHBOURS, relpos_geometry
+from .methods.pretext.toolkit import crop_patches, tile_board
 
 
 def relpos_corners(size: int, patch: int, gap: int, jitter: int, seed: int = 0) -> torch.Tensor:
@@ -412,7 +412,7 @@ def relpos_explorer(image: torch.Tensor) -> widgets.HBox:
     return figure_widget(render_relpos, controls, image=image)
 
 # %% ../nbs/09_widgets.ipynb #w9pk003
-from .pretext import hamming_permutations, hamming_distances, jigsaw_tiles, shuffle_tiles
+from .methods.pretext.toolkit import hamming_permutations, hamming_distances, jigsaw_tiles, shuffle_tiles
 
 
 @functools.lru_cache(maxsize=4)
@@ -469,7 +469,7 @@ def jigsaw_explorer(image: torch.Tensor, max_permutations: int = 1000) -> widget
     return figure_widget(render_jigsaw, controls, image=image, max_permutations=max_permutations)
 
 # %% ../nbs/09_widgets.ipynb #w9pk004
-from .methods.context_encoder import center_mask, block_mask, overlap_weights
+from .methods.pretext.context_encoder import center_mask, block_mask, overlap_weights
 
 
 def render_context_encoder(data: ImageData, n: int = 6, hole: float = 0.5, mask: str = 'center', blocks: int = 4,
@@ -507,7 +507,7 @@ def context_encoder_explorer(data: ImageData, n: int = 6) -> widgets.HBox:
     return figure_widget(render_context_encoder, controls, data=data, n=n)
 
 # %% ../nbs/09_widgets.ipynb #w9pk005
-from .color import rgb_to_lab, lab_to_rgb, annealed_mean, rebalancing_weights, nearest_bin
+from .methods.pretext.color import rgb_to_lab, lab_to_rgb, annealed_mean, rebalancing_weights, nearest_bin
 
 
 def bin_counts(images: torch.Tensor, centers: torch.Tensor, output_size: int = 8) -> torch.Tensor:
@@ -567,8 +567,8 @@ def colorization_explorer(method: nn.Module, images: torch.Tensor) -> widgets.HB
 
 # %% ../nbs/09_widgets.ipynb #w9mp002
 from fastai.callback.core import Callback, CancelFitException
-from .method import list_methods, get_method
-from .learner import ssl_learner, fit_ssl, TrainingDiverged
+from .train.method import list_methods, get_method
+from .train.learner import ssl_learner, fit_ssl, TrainingDiverged
 
 PANEL_RUNS: list[dict] = []   # one row per finished or stopped run of any method panel, kept while the kernel runs
 

@@ -1,7 +1,7 @@
 """Shared by the Part 2 tests: a method built on the kit's ConvNet (the `images` fixture is in conftest.py)."""
 import torch
 
-from sslcourse.learner import get_method
+from sslcourse.train.learner import get_method
 from sslcourse.models import create_encoder
 
 MEAN, STD = (0.2878,), (0.3541,)  # fashion_mnist_small's statistics

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from sslcourse.core import UsageError
 from sslcourse.data import ImageData, Split
-from sslcourse.adaptation import (SHIFTS, shift_images, grey_to_rgb, domain_pair, reverse_gradient, dann_weight,
+from sslcourse.experiments.adaptation import (SHIFTS, shift_images, grey_to_rgb, domain_pair, reverse_gradient, dann_weight,
                                   dann_learning_rate, DANN, dann_loss, train_dann, predict, fit_transport, ot_adapt)
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import sslcourse.cli as cli
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.losses import barlow_twins_loss
 from sslcourse.losses import cross_correlation
 from sslcourse.models import create_encoder

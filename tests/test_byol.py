@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sslcourse.learner import get_method
+from sslcourse.train.learner import get_method
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

@@ -8,7 +8,7 @@ import pytest
 
 from sslcourse.cli import main, parse_method_options
 from sslcourse.core import UsageError
-from sslcourse.learner import get_method
+from sslcourse.train.learner import get_method
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 

@@ -5,7 +5,7 @@ import pytest
 
 from sslcourse.cli import main, parse_method_options, method_option_names
 from sslcourse.core import UsageError
-from sslcourse.learner import get_method
+from sslcourse.train.learner import get_method
 from tests.fixtures import write_fashion_mnist
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from sslcourse.cli import main
 from sslcourse.core import seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import CollapseMonitor, effective_rank, fit_ssl, ssl_learner
-from sslcourse.methods.simclr import SimCLR
+from sslcourse.train.learner import CollapseMonitor, effective_rank, fit_ssl, ssl_learner
+from sslcourse.methods.contrastive.simclr import SimCLR
 from sslcourse.models import create_encoder
 from tests.test_resume import InterruptAfterFirstEpoch
 

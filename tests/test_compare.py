@@ -2,11 +2,12 @@
 line with exit status 2 for every impossible request."""
 import contextlib, io, json, math
 import pytest
-from sslcourse import cli, compare as comparison
-from sslcourse.compare import (FAMILIES, FAMILY_NAMES, budget_epochs, calibrate, compare, format_table, select_methods,
+from sslcourse import cli
+from sslcourse.experiments import benchmark as comparison
+from sslcourse.experiments.benchmark import (FAMILIES, FAMILY_NAMES, budget_epochs, calibrate, compare, format_table, select_methods,
                                summarise, baselines, family_winners, format_winners)
 from sslcourse.core import UsageError
-from sslcourse.learner import list_methods
+from sslcourse.train.learner import list_methods
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import sslcourse.cli as cli
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.models import create_encoder
-from sslcourse.methods.cpc import (grid_geometry, grid_patches, negative_indices, cpc_loss, GRUContext,
+from sslcourse.methods.contrastive.cpc import (grid_geometry, grid_patches, negative_indices, cpc_loss, GRUContext,
                                    MaskedConvContext, layer_norm_)
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

@@ -8,8 +8,8 @@ import sslcourse.cli as cli
 from tests.fixtures import write_fashion_mnist
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl
-from sslcourse.methods.deepcluster import kmeans, pca_whiten, uniform_order
+from sslcourse.train.learner import ssl_learner, fit_ssl
+from sslcourse.methods.clustering.deepcluster import kmeans, pca_whiten, uniform_order
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 

@@ -6,7 +6,7 @@ import torch
 import sslcourse.cli as cli
 import sslcourse.losses as losses
 from sslcourse.core import UsageError, seed_everything
-from sslcourse.learner import get_method
+from sslcourse.train.learner import get_method
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

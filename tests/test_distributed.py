@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sslcourse.learner import gather_with_grad
+from sslcourse.train.learner import gather_with_grad
 from sslcourse.losses import nt_xent
-from sslcourse.methods.simclr import SimCLR
+from sslcourse.methods.contrastive.simclr import SimCLR
 from sslcourse.models import create_encoder
 from tests.processes import run_processes
 

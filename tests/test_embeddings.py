@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sslcourse.core import UsageError
-from sslcourse.embeddings import nearest_neighbours, plot_retrieval, precision_at_k, spread_points
+from sslcourse.experiments.embeddings import nearest_neighbours, plot_retrieval, precision_at_k, spread_points
 from sslcourse.viz import project
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -1,4 +1,4 @@
-"""`sslcourse.encoders`: a run's encoder back from its checkpoint (bit for bit), bad checkpoints as one-line
+"""`sslcourse.train.encoders`: a run's encoder back from its checkpoint (bit for bit), bad checkpoints as one-line
 `UsageError`s, encoders saved under timm's and torchvision's names, and `sslcourse evaluate` end to end.
 One tiny SimCLR run (5 images per class, 1 epoch) is shared by the whole file."""
 import argparse
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from sslcourse.core import UsageError
-from sslcourse.encoders import (add_evaluate_arguments, load_encoder, load_method, portable_state_dict,
+from sslcourse.train.encoders import (add_evaluate_arguments, load_encoder, load_method, portable_state_dict,
                                 read_checkpoint, run_evaluate, save_encoder, torchvision_resnet)
 from sslcourse.models import convnet, create_encoder
 
@@ -30,7 +30,7 @@ def one_thread():
 def run(tmp_path_factory):
     "(learner, checkpoint path) of one tiny SimCLR run."
     from sslcourse.data import get_data
-    from sslcourse.learner import ssl_learner, fit_ssl
+    from sslcourse.train.learner import ssl_learner, fit_ssl
     torch.manual_seed(0)
     checkpoint = tmp_path_factory.mktemp('simclr') / 'checkpoint.pth'
     learn = ssl_learner('simclr', get_data('fashion_mnist_small', limit=5), bs=32, device='cpu', checkpoint=checkpoint,
@@ -167,7 +167,7 @@ def test_convnet_round_trip_keeps_the_course_names(run, tmp_path):
 
 def test_an_encoder_a_method_changed_keeps_the_course_names():
     "CPC v2's layer norms are not torchvision's batch norms: saved under the course's names, not forced into torchvision's."
-    from sslcourse.methods.cpc import layer_norm_
+    from sslcourse.methods.contrastive.cpc import layer_norm_
     encoder = layer_norm_(create_encoder('resnet18', 3))
     state, layout = portable_state_dict(encoder)
     assert layout == 'sslcourse' and set(state) == set(encoder.state_dict())

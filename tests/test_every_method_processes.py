@@ -46,7 +46,7 @@ def _run(rank: int, folder: str, world_size: int, port: int, names: list, determ
     torch.set_num_threads(1)
     import torch.distributed as dist
     from sslcourse.core import seed_everything
-    from sslcourse.learner import fit_ssl, ssl_learner
+    from sslcourse.train.learner import fit_ssl, ssl_learner
     results = {}
     for name in names:
         data = tiny_data(name)                                   # 40 images: two global batches of 16
@@ -64,7 +64,7 @@ def _run(rank: int, folder: str, world_size: int, port: int, names: list, determ
 
 
 def _names():
-    from sslcourse.learner import list_methods
+    from sslcourse.train.learner import list_methods
     return list_methods()
 
 

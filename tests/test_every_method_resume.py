@@ -12,7 +12,7 @@ import torch
 from fastai.callback.core import Callback
 
 from sslcourse.core import seed_everything
-from sslcourse.learner import Checkpoint, fit_ssl, list_methods, ssl_learner
+from sslcourse.train.learner import Checkpoint, fit_ssl, list_methods, ssl_learner
 from tests.test_resume import _assert_same
 from tests.tiny_methods import TINY, tiny_data
 

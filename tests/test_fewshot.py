@@ -6,7 +6,7 @@ import torch
 
 from sslcourse.core import UsageError
 from sslcourse.data import Split
-from sslcourse.fewshot import (select_classes, episode, prototypes, prototype_logits, prototype_classify, mean_ci,
+from sslcourse.experiments.fewshot import (select_classes, episode, prototypes, prototype_logits, prototype_classify, mean_ci,
                                evaluate_episodes, train_protonet)
 from sslcourse.models import convnet
 

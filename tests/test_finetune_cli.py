@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sslcourse.core import UsageError
-from sslcourse.transfer import add_finetune_arguments, run_finetune
+from sslcourse.experiments.finetune import add_finetune_arguments, run_finetune
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import torch
 
 from sslcourse.cli import method_option_names
 from sslcourse.core import UsageError
-from sslcourse.learner import get_method, list_methods
+from sslcourse.train.learner import get_method, list_methods
 from sslcourse.models import create_encoder
 
 NUM_IMAGES = 2000  # what the learner passes as num_images to methods that need it (deepcluster, sela, npid, pirl)

@@ -6,7 +6,7 @@ import torch
 import sslcourse.cli as cli
 from sslcourse.core import UsageError
 from sslcourse.data import get_data
-from sslcourse.learner import fit_ssl, get_method, ssl_learner
+from sslcourse.train.learner import fit_ssl, get_method, ssl_learner
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from sslcourse.core import UsageError
 from sslcourse.models import convnet
-from sslcourse.motion import (make_clips, motion_path, render_garments, warp, relative_transform, track_points,
+from sslcourse.experiments.motion import (make_clips, motion_path, render_garments, warp, relative_transform, track_points,
                               to_normalised, to_pixels, order_triplets, tracking_pairs, crop, ranking_loss,
                               train_order, train_tracking, order_accuracy, tracking_retrieval, ORDERS)
 

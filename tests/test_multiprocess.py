@@ -29,8 +29,8 @@ def _run(rank: int, folder: str, world_size: int, port: int):
     from sslcourse.core import seed_everything
     from sslcourse.data import get_data
     from sslcourse.augment import simclr_views
-    from sslcourse.learner import fit_ssl, ssl_learner
-    from sslcourse.methods.simclr import SimCLR
+    from sslcourse.train.learner import fit_ssl, ssl_learner
+    from sslcourse.methods.contrastive.simclr import SimCLR
     from sslcourse.models import create_encoder
     from sslcourse.distributed import CrossProcessBatchNorm, is_distributed
 
@@ -54,12 +54,12 @@ def _run(rank: int, folder: str, world_size: int, port: int):
     assert is_distributed() == (world_size > 1)
     converted = sum(isinstance(m, CrossProcessBatchNorm) for m in learn.method.modules())
     fit_ssl(learn, 1, lr=0.05)
-    from sslcourse.learner import view_randomness
+    from sslcourse.train.learner import view_randomness
     with view_randomness(learn):  # the process's own augmentation stream, as `make_views` draws from it in training
         augmented = simclr_views(28, data.mean, data.std)[0](data.train.images[:4])
     after_views = torch.rand(3)  # the global stream: the same on every process (heads, probes, negatives)
     # a memory bank and a queue receive every process's rows: each process sends its own, all end up identical
-    from sslcourse.learner import MemoryBank, Queue
+    from sslcourse.train.learner import MemoryBank, Queue
     from sslcourse.distributed import all_gather_no_grad
     torch.manual_seed(5); bank, queue = MemoryBank(8, 3), Queue(6, 3)
     rows = torch.full((2, 3), float(rank + 1))
@@ -101,7 +101,7 @@ def test_the_step_changed_the_weights(runs):
     import copy
     from sslcourse.data import get_data
     from sslcourse.core import seed_everything
-    from sslcourse.methods.simclr import SimCLR
+    from sslcourse.methods.contrastive.simclr import SimCLR
     from sslcourse.models import create_encoder
     data = get_data(limit=2); seed_everything(0)
     initial = SimCLR(create_encoder('convnet', 1), 28, data.mean, data.std).state_dict()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.multitask import (TASKS, MultiTaskNet, LossCombiner, partial_label_loss, partial_labels,
+from sslcourse.experiments.multitask import (TASKS, MultiTaskNet, LossCombiner, partial_label_loss, partial_labels,
                                  random_rotations, task_losses, train_multitask)
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

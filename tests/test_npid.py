@@ -10,7 +10,7 @@ import sslcourse.cli as cli
 from tests.fixtures import write_fashion_mnist
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

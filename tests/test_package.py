@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sslcourse
-from sslcourse.supervised import PACKAGED_RESULTS
+from sslcourse.experiments.supervised import PACKAGED_RESULTS
 
 CHECKOUT = Path(sslcourse.__file__).resolve().parent.parent
 FASHION_FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
@@ -33,7 +33,7 @@ def test_photo_textures_is_registered_without_importing_transfer(tmp_path):
     code = ("import sys\n"
             "from sslcourse.data import get_data, list_datasets\n"
             "assert 'photo_textures' in list_datasets(), list_datasets()\n"
-            "assert 'sslcourse.transfer' not in sys.modules\n"
+            "assert 'sslcourse.experiments.finetune' not in sys.modules\n"
             "data = get_data('photo_textures', train_per_class=2, test_per_class=1)\n"
             "print(data.name, len(data.train), len(data.test), data.num_classes)\n")
     result = run_python(code, tmp_path)
@@ -83,7 +83,7 @@ def test_the_installed_wheel_reads_its_own_files(installed, tmp_path):
     _, target = installed
     code = ("import sslcourse\n"
             "from sslcourse.data import EMBEDDED_DIR, get_data\n"
-            "from sslcourse.supervised import RESULTS_DIR, baseline_accuracy\n"
+            "from sslcourse.experiments.supervised import RESULTS_DIR, baseline_accuracy\n"
             "print(sslcourse.__file__); print(EMBEDDED_DIR); print(RESULTS_DIR)\n"
             "print(get_data(limit=2).name, baseline_accuracy(10) > 0.1)\n")
     result = run_python(code, tmp_path, PYTHONPATH=str(target))

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import sslcourse.cli as cli
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.losses import info_nce, nce_loss
-from sslcourse.methods.pirl import pirl_loss, frozen_batchnorm_statistics
+from sslcourse.methods.contrastive.pirl import pirl_loss, frozen_batchnorm_statistics
 from sslcourse.models import create_encoder
 from tests.fixtures import write_fashion_mnist
 

@@ -6,12 +6,12 @@ import torch
 
 from sslcourse.data import get_data
 from sslcourse.models import create_encoder
-from sslcourse.pretext import (crop_patches, jigsaw_tiles, normalize_tiles, shuffle_tiles, unshuffle_tiles,
+from sslcourse.methods.pretext.toolkit import (crop_patches, jigsaw_tiles, normalize_tiles, shuffle_tiles, unshuffle_tiles,
                                hamming_permutations, hamming_distances, minimum_hamming_distance, plain_view,
                                blockwise_probe, recalibrate_batchnorm)
-from sslcourse.methods.rotnet import rotate_batch
-from sslcourse.methods.relpos import NEIGHBOURS, patch_pairs
-from sslcourse.methods.autoencoder import Decoder
+from sslcourse.methods.pretext.rotnet import rotate_batch
+from sslcourse.methods.pretext.relpos import NEIGHBOURS, patch_pairs
+from sslcourse.methods.pretext.autoencoder import Decoder
 
 from tests.pretext import MEAN, STD, build
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from sslcourse.core import UsageError
-from sslcourse.color import (rgb_to_lab, lab_to_rgb, ab_bins, nearest_bin, soft_encode, smoothing_matrix,
+from sslcourse.methods.pretext.color import (rgb_to_lab, lab_to_rgb, ab_bins, nearest_bin, soft_encode, smoothing_matrix,
                              rebalancing_weights, colorization_loss, annealed_mean, photo_patches)
-from sslcourse.methods.context_encoder import center_mask, block_mask, overlap_weights, inpainting_loss
-from sslcourse.methods.counting import split_tiles, downsample, counting_loss
-from sslcourse.methods.selfie import to_patches, selfie_task, take, selfie_loss
+from sslcourse.methods.pretext.context_encoder import center_mask, block_mask, overlap_weights, inpainting_loss
+from sslcourse.methods.pretext.counting import split_tiles, downsample, counting_loss
+from sslcourse.methods.pretext.selfie import to_patches, selfie_task, take, selfie_loss
 
 from tests.pretext import MEAN, STD, build
 

@@ -15,9 +15,9 @@ PRETEXT_TASKS = ['autoencoder', 'rotnet', 'relpos', 'jigsaw', 'context_encoder',
 
 @pytest.fixture
 def small_data(monkeypatch):
-    "The acceptance command on 30 images per class of the requested dataset, to keep the test short."
+    "The acceptance command on 12 images per class of the requested dataset, to keep the test short."
     def limited(name='fashion_mnist_small', root=None, download=False, **kwargs):
-        return get_data(name, root=root, download=download, limit=30)
+        return get_data(name, root=root, download=download, limit=12)
     monkeypatch.setattr(cli, 'get_data', limited)
 
 

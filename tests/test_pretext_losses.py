@@ -4,15 +4,15 @@ import math
 import pytest
 import torch
 
-from sslcourse.color import colorization_loss
-from sslcourse.methods.autoencoder import reconstruction_loss
-from sslcourse.methods.context_encoder import inpainting_loss
-from sslcourse.methods.counting import counting_loss
-from sslcourse.methods.exemplar import exemplar_loss
-from sslcourse.methods.jigsaw import jigsaw_loss
-from sslcourse.methods.relpos import relpos_loss
-from sslcourse.methods.rotnet import rotation_loss
-from sslcourse.methods.selfie import selfie_loss
+from sslcourse.methods.pretext.color import colorization_loss
+from sslcourse.methods.pretext.autoencoder import reconstruction_loss
+from sslcourse.methods.pretext.context_encoder import inpainting_loss
+from sslcourse.methods.pretext.counting import counting_loss
+from sslcourse.methods.pretext.exemplar import exemplar_loss
+from sslcourse.methods.pretext.jigsaw import jigsaw_loss
+from sslcourse.methods.pretext.relpos import relpos_loss
+from sslcourse.methods.pretext.rotnet import rotation_loss
+from sslcourse.methods.pretext.selfie import selfie_loss
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 

@@ -1,4 +1,4 @@
-"""The offline ImageNet weights (sslcourse.pretrained): every key mapped with its shape checked, and predictions on
+"""The offline ImageNet weights (sslcourse.experiments.pretrained): every key mapped with its shape checked, and predictions on
 scikit-learn's two photographs that only genuine ImageNet weights, preprocessed the way they expect, can make."""
 import pytest
 import torch
@@ -6,7 +6,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from timm.models._efficientnet_blocks import InvertedResidual
 
-from sslcourse import pretrained
+from sslcourse.experiments import pretrained
 from sslcourse.core import UsageError
 
 

@@ -12,7 +12,7 @@ from fastai.callback.core import Callback
 
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import Checkpoint, TrainingDiverged, fit_ssl, save_checkpoint, ssl_learner
+from sslcourse.train.learner import Checkpoint, TrainingDiverged, fit_ssl, save_checkpoint, ssl_learner
 
 LR = 1e-3
 

@@ -9,9 +9,9 @@ from tests.fixtures import write_fashion_mnist
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
 from sslcourse.evaluate import embed
-from sslcourse.learner import ssl_learner, fit_ssl
+from sslcourse.train.learner import ssl_learner, fit_ssl
 from sslcourse.losses import sinkhorn
-from sslcourse.methods.sela import self_label, random_equipartition, head_log_probabilities
+from sslcourse.methods.clustering.sela import self_label, random_equipartition, head_log_probabilities
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
 from sslcourse.models import create_encoder
-from sslcourse.semisupervised import (cutout, confident_pseudo_labels, fixmatch_loss, fixmatch, labelled_and_rest,
+from sslcourse.experiments.semisupervised import (cutout, confident_pseudo_labels, fixmatch_loss, fixmatch, labelled_and_rest,
                                       pseudo_label_statistics, pseudo_labelling)
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

@@ -4,7 +4,7 @@ matplotlib.use('Agg')
 import pytest
 import torch
 
-from sslcourse.learner import ssl_learner
+from sslcourse.train.learner import ssl_learner
 from tests.tiny_methods import TINY, tiny_data
 
 

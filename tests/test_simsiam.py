@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import sslcourse.cli as cli
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
-from sslcourse.methods.simsiam import negative_cosine
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.methods.distillation.simsiam import negative_cosine
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

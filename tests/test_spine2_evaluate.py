@@ -71,10 +71,10 @@ def interrupt(*args, **kwargs): raise KeyboardInterrupt
 
 # command line, the function to stop with Ctrl-C, and whether the message may tell the user to --resume
 INTERRUPTED = [
-    (['pretrain', 'simclr', '--epochs', 1, '--bs', 32, '--device', 'cpu'], 'sslcourse.learner.fit_ssl', True),
-    (['bench', 'simclr', '--epochs', 2, '--bs', 32, '--device', 'cpu'], 'sslcourse.learner.fit_ssl', False),
-    (['finetune', '--device', 'cpu'], 'sslcourse.transfer.finetune_pretrained', False),
-    (['transfer', '--device', 'cpu'], 'sslcourse.layer_transfer.layer_transfer_experiment', False),
+    (['pretrain', 'simclr', '--epochs', 1, '--bs', 32, '--device', 'cpu'], 'sslcourse.train.learner.fit_ssl', True),
+    (['bench', 'simclr', '--epochs', 2, '--bs', 32, '--device', 'cpu'], 'sslcourse.train.learner.fit_ssl', False),
+    (['finetune', '--device', 'cpu'], 'sslcourse.experiments.finetune.finetune_pretrained', False),
+    (['transfer', '--device', 'cpu'], 'sslcourse.experiments.layer_transfer.layer_transfer_experiment', False),
     (['list'], 'sslcourse.cli.list_all', False),
 ]
 
@@ -89,9 +89,9 @@ def test_ctrl_c_says_what_this_command_can_do(argv, stopped, resumable, small_da
 
 
 def test_a_diverged_run_exits_3_with_one_line(small_data, monkeypatch, capsys):
-    from sslcourse.learner import TrainingDiverged
+    from sslcourse.train.learner import TrainingDiverged
     def diverge(*args, **kwargs): raise TrainingDiverged('the loss became NaN or infinite in epoch 1, so training stopped')
-    monkeypatch.setattr('sslcourse.learner.fit_ssl', diverge)
+    monkeypatch.setattr('sslcourse.train.learner.fit_ssl', diverge)
     code = cli.main(['pretrain', 'simclr', '--epochs', '1', '--bs', '32', '--device', 'cpu'])
     err = capsys.readouterr().err
     assert code == 3, (code, err)

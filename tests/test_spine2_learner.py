@@ -11,7 +11,7 @@ from fastai.callback.core import Callback
 
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import (Method, MemoryBank, Queue, fit_ssl, optimizer_groups, reset_head_, ssl_learner,
+from sslcourse.train.learner import (Method, MemoryBank, Queue, fit_ssl, optimizer_groups, reset_head_, ssl_learner,
                                TrainingDiverged, SCHEDULES)
 from sslcourse.augment import simclr_views
 from sslcourse.losses import info_nce, nt_xent
@@ -55,7 +55,7 @@ def _toy_bank_learner(data, **options):
 
 @pytest.fixture(autouse=True, scope='module')
 def _register_toy():
-    from sslcourse.learner import METHODS
+    from sslcourse.train.learner import METHODS
     METHODS.register('toy_bank')(ToyBank)
     yield
     METHODS._items.pop('toy_bank', None)
@@ -296,7 +296,7 @@ def test_bf16_on_a_cpu_really_autocasts(data):  # defect 9
 
 
 def test_global_batch_must_split_over_processes(data, monkeypatch):
-    import sslcourse.learner as learner
+    import sslcourse.train.learner as learner
     monkeypatch.setattr(learner, 'world_size', lambda: 3)
     with pytest.raises(UsageError, match='multiple of 3'): ssl_learner('simclr', data, bs=64, device='cpu')
 

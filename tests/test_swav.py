@@ -9,7 +9,7 @@ import sslcourse.cli as cli
 import sslcourse.losses as losses
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.models import create_encoder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

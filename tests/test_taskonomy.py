@@ -7,7 +7,7 @@ import torch
 from sslcourse.core import UsageError
 from sslcourse.data import Split, get_data
 from sslcourse.models import create_encoder
-from sslcourse.taskonomy import (TASKS, BASELINES, NORMALISATIONS, PixelEncoder, affinity_table, check_tasks,
+from sslcourse.experiments.taskonomy import (TASKS, BASELINES, NORMALISATIONS, PixelEncoder, affinity_table, check_tasks,
                                  class_half, diagonal_best, make_target, normalise, pair_accuracy, ridge_r2,
                                  score, train_source, transfer_study)
 

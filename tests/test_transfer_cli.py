@@ -8,7 +8,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import pytest
 
-import sslcourse.layer_transfer as layer_transfer
+import sslcourse.experiments.layer_transfer as layer_transfer
 from sslcourse.core import UsageError
 from sslcourse.data import FASHION_MNIST_CLASSES, get_data
 

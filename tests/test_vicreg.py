@@ -6,7 +6,7 @@ import torch
 import sslcourse.cli as cli
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
-from sslcourse.learner import ssl_learner, fit_ssl, get_method
+from sslcourse.train.learner import ssl_learner, fit_ssl, get_method
 from sslcourse.losses import vicreg_loss
 from sslcourse.models import create_encoder
 

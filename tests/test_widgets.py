@@ -148,7 +148,7 @@ def encoders(data):
 
 
 def test_channel_patches_are_inspections_top_patches(encoders, data):
-    from sslcourse.inspection import top_patches
+    from sslcourse.experiments.what_transfers import top_patches
     images = data.test.images[:60]
     cache = {}
     for block, channel in ((0, 3), (2, 7)):
@@ -173,7 +173,7 @@ def test_channel_picker_follows_encoder_block_and_channel(encoders, data):
 # --- 5. pretext knobs --------------------------------------------------------------------------------------------
 
 def test_relpos_corners_are_patch_pairs_geometry(data):
-    from sslcourse.methods.relpos import patch_pairs, NEIGHBOURS
+    from sslcourse.methods.pretext.relpos import patch_pairs, NEIGHBOURS
     image = data.train.images[:1].float()
     corners = W.relpos_corners(28, 8, 2, 0)
     _, _, labels, pairs = patch_pairs(image.expand(64, -1, -1, -1), 8, 2, 0, torch.Generator().manual_seed(0))
@@ -194,7 +194,7 @@ def test_relpos_explorer_gap_and_jitter(data):
 
 
 def test_hamming_curve_is_the_greedy_set_for_every_size():
-    from sslcourse.pretext import hamming_permutations, hamming_distances, minimum_hamming_distance
+    from sslcourse.methods.pretext.toolkit import hamming_permutations, hamming_distances, minimum_hamming_distance
     assert torch.equal(hamming_permutations(20), hamming_permutations(60)[:20])  # prefixes of one greedy search
     curve = W.hamming_curve(60)
     for count in (2, 20, 60):
@@ -224,7 +224,7 @@ def test_context_encoder_hole_size(data):
 
 
 def test_colorization_temperature_and_rebalancing():
-    from sslcourse.color import ab_bins, smoothing_matrix
+    from sslcourse.methods.pretext.color import ab_bins, smoothing_matrix
     centers = ab_bins(); smoothing = smoothing_matrix(centers)
     images = torch.full((2, 3, 8, 8), 128, dtype=torch.uint8)
     logits = torch.full((2, len(centers), 2, 2), -20.0)
@@ -241,8 +241,8 @@ def test_colorization_temperature_and_rebalancing():
 
 
 def test_colorization_explorer_sliders():
-    from sslcourse.color import photo_patches
-    from sslcourse.methods.colorization import Colorization
+    from sslcourse.methods.pretext.color import photo_patches
+    from sslcourse.methods.pretext.colorization import Colorization
     colour = photo_patches(32, 8)
     torch.manual_seed(0)
     method = Colorization(create_encoder('convnet', 3), colour.size, colour.mean, colour.std)
