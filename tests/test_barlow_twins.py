@@ -54,8 +54,8 @@ def test_projector_has_three_linear_layers_with_batch_norm_and_relu_between():
 
 
 @pytest.mark.parametrize('options, fragment', [
-    (dict(lambd=-0.1), 'lambd must be at least 0'), (dict(projection_dim=0), 'projection_dim must be at least 1'),
-    (dict(hidden_dim=0), 'hidden_dim must be at least 1')])
+    (dict(lambd=-0.1), 'lambd must be at least 0'), (dict(projection_dim=0), 'projection_dim must be a positive integer'),
+    (dict(hidden_dim=0), 'hidden_dim must be a positive integer')])
 def test_impossible_options_raise_usage_error(options, fragment):
     with pytest.raises(UsageError, match=fragment) as error: make(**options)
     assert '\n' not in str(error.value)

@@ -134,7 +134,7 @@ def test_only_core_writes_json_files():
                if re.search(r'json\.dump\(|write_text\(\s*json\.dumps|open\([^)]*["\']w', text)}
     assert not writers, f'write JSON records with sslcourse.core.write_json, not by hand: {sorted(writers)}'
     texts = sources()
-    for name in ('cli.py', 'supervised.py', 'transfer.py', 'layer_transfer.py'):
+    for name in ('cli.py', 'experiments/supervised.py', 'experiments/finetune.py', 'experiments/layer_transfer.py'):
         assert 'write_json(' in texts[name], name
 
 
@@ -143,13 +143,13 @@ def test_only_evaluate_builds_a_classifier_learner():
     builders = {name for name, text in sources(exclude=('learner.py',)).items() if re.search(r'\bLearner\(', text)}
     assert builders == {'evaluate.py'}, builders
     texts = sources()
-    for name in ('supervised.py', 'transfer.py'): assert 'classifier_learner(' in texts[name], name
+    for name in ('experiments/supervised.py', 'experiments/finetune.py'): assert 'classifier_learner(' in texts[name], name
 
 
 def test_accuracy_is_counted_in_one_place():
     "No hand-written `argmax(1) == labels` loops outside `evaluate.accuracy` (and kNN, which counts votes)."
     texts = sources()
-    for name in ('supervised.py', 'transfer.py', 'layer_transfer.py', 'cli.py'):
+    for name in ('experiments/supervised.py', 'experiments/finetune.py', 'experiments/layer_transfer.py', 'cli.py'):
         assert 'argmax(1) ==' not in texts[name], name
     counting = {name for name, function in inspect.getmembers(evaluate, inspect.isfunction)
                 if function.__module__ == evaluate.__name__ and 'argmax(1) ==' in inspect.getsource(function)}

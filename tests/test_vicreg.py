@@ -79,8 +79,8 @@ def test_gradients_reach_encoder_and_expander():
     (dict(variance_weight=-0.5), 'variance_weight must be at least 0'),
     (dict(covariance_weight=-2.0), 'covariance_weight must be at least 0'),
     (dict(invariance_weight=0.0, variance_weight=0.0, covariance_weight=0.0), 'all 0'),
-    (dict(projection_dim=0), 'projection_dim must be at least 1'),
-    (dict(hidden_dim=-4), 'hidden_dim must be at least 1')])
+    (dict(projection_dim=0), 'projection_dim must be a positive integer'),
+    (dict(hidden_dim=-4), 'hidden_dim must be a positive integer')])
 def test_impossible_options_raise_usage_error(options, fragment):
     with pytest.raises(UsageError, match=fragment) as error:
         get_method('vicreg')(create_encoder('convnet', 1), 28, (0.286,), (0.353,), **options)
