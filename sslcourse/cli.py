@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, inspect, json, os, sys, time
 from pathlib import Path
 import torch
-from .core import UsageError, TrainingDiverged, seed_everything, training_device, write_json
+from .core import UsageError, TrainingDiverged, seed_everything, training_device, get_precision, write_json
 from .data import get_data, list_datasets, label_subset
 from .distributed import is_main, world_size, finish_distributed, local_batchnorm
 from .models import list_architectures, create_encoder, ARCHITECTURES
@@ -59,6 +59,8 @@ def _training_arguments(parser):
     parser.add_argument('--lr', type=float, default=None, help="peak learning rate (default: the method's)")
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--precision', default=None, metavar='{bf16,fp32}',
+                        help='bf16 autocasts the forward pass (default: bf16 where the device computes it natively)')
     parser.add_argument('--compile', nargs='?', const='default', default=None,
                         help='torch.compile the model and loss; optional mode, e.g. reduce-overhead (CUDA graphs)')
     parser.add_argument('-o', '--option', action='append', default=[], metavar='NAME=VALUE',
@@ -191,7 +193,9 @@ def _check_options(args):
     if args.compile is not None and args.compile not in COMPILE_MODES:
         raise UsageError(f"unknown --compile mode '{args.compile}'; choose from: {', '.join(COMPILE_MODES)}")
     check_output_paths(out=getattr(args, 'out', None), json_path=args.json)
-    return training_device(args.device)
+    device = training_device(args.device)
+    args.precision = get_precision(args.precision, device)  # the record says which ran
+    return device
 
 
 # torch.compile's modes (torch's documentation of `torch.compile`); checked here so that a typo fails before training
@@ -221,7 +225,8 @@ def _learner(args, device, data, **options):
     seed_everything(args.seed)
     compile_mode = None if args.compile in (None, 'default') else args.compile
     return ssl_learner(args.method, data, arch=args.arch, bs=args.bs, device=device, seed=args.seed,
-                       compile=(compile_mode or True) if args.compile else None, sync_batchnorm=args.sync_batchnorm,
+                       compile=(compile_mode or True) if args.compile else None, precision=args.precision,
+                       sync_batchnorm=args.sync_batchnorm,
                        progress='bar' if sys.stdout.isatty() else 'lines', **args.method_options, **options)
 
 
@@ -238,7 +243,7 @@ def _leave_processes(args) -> bool:
 def _record(args, device, seconds, img_per_s, **extra) -> dict:
     "The JSON record; `peak_memory_mb` is measured when training ends, before any evaluation adds its own."
     return dict(method=args.method, data=args.data, limit=args.limit, arch=args.arch, epochs=args.epochs, seconds=round(seconds, 2),
-                img_per_s=round(img_per_s, 1), device=str(device), processes=args.processes,
+                img_per_s=round(img_per_s, 1), device=str(device), precision=args.precision, processes=args.processes,
                 options=args.method_options, **extra)
 
 

@@ -14,8 +14,8 @@ import torch
 warnings.filterwarnings('ignore', category=FutureWarning, message=r'.*torch\.jit\.script.*')
 
 # %% auto #0
-__all__ = ['IN_TEST', 'UsageError', 'TrainingDiverged', 'seed_everything', 'get_device', 'training_device', 'budget', 'Registry',
-           'check_names', 'write_json']
+__all__ = ['PRECISIONS', 'IN_TEST', 'UsageError', 'TrainingDiverged', 'seed_everything', 'get_device', 'training_device',
+           'fast_bf16', 'get_precision', 'budget', 'Registry', 'check_names', 'write_json']
 
 # %% ../nbs/00_core.ipynb #39c9ef58
 class UsageError(ValueError):
@@ -53,6 +53,25 @@ def training_device(device: str | torch.device | None = None) -> torch.device:
         available = ', '.join(['cpu'] + ['cuda'] * torch.cuda.is_available() + ['mps'] * mps)
         raise UsageError(f'--device {device.type} cannot train here; use one of: {available}')
     return device
+
+
+PRECISIONS = ('bf16', 'fp32')
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    "Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 (Ampere on), a CPU with AVX512-BF16 or AMX."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return False
+    return any(getattr(torch.cpu, test, lambda: False)() for test in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
+
+def get_precision(precision: str | None, device: str | torch.device) -> str:
+    "`precision` checked ('bf16' or 'fp32'); `None`: bf16 where `device` computes it natively (`fast_bf16`), else fp32."
+    if precision is None: return 'bf16' if fast_bf16(device) else 'fp32'
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'; choose from: {', '.join(PRECISIONS)}")
+    return precision
 
 # %% ../nbs/00_core.ipynb #96f68011
 IN_TEST = os.environ.get('IN_TEST', '') not in ('', '0', 'false', 'False')

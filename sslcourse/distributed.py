@@ -125,6 +125,7 @@ class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x):
         if not (self.training and self.across_processes and is_distributed()): return super().forward(x)
+        dtype, x = x.dtype, x.float()  # statistics in float32, also under bf16 autocast (as PyTorch's batch norm keeps them)
         dims = [0] + list(range(2, x.dim()))
         count = torch.full((1,), x.numel() / x.shape[1], device=x.device, dtype=x.dtype)
         sums = all_reduce_with_grad(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # one collective
@@ -140,7 +141,7 @@ class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(variance.view(shape) + self.eps)
         if self.affine: y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device | None = None) -> nn.Module:

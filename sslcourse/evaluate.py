@@ -26,15 +26,16 @@ def _resolved(device: torch.device) -> torch.device:
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, data: ImageData, bs: int = 1024, device=None,
-          size: int | None = None) -> torch.Tensor:
+          size: int | None = None, precision: str | None = None) -> torch.Tensor:
     """Features (N, D) float32 of uint8 `images`, normalised with `data`'s statistics and resized to `size`.
-    The encoder runs where it is; a `device` elsewhere runs a copy moved there (the caller's encoder does not move)."""
+    The encoder runs where it is; a `device` elsewhere runs a copy moved there (the caller's encoder does not move).
+    `precision`: 'bf16' (autocast) or 'fp32'; None: bf16 on CUDA, fp32 elsewhere, so final tables on a CPU are fp32."""
     home = next(encoder.parameters()).device
     device = home if device is None else _resolved(get_device(device))
     if device != home: encoder = copy.deepcopy(encoder).to(device)
     was_training = encoder.training; encoder.eval(); out = []
-    # bf16 on CUDA only; other devices (CPU, mps, meta) run in float32 without an autocast context at all
-    precision = torch.autocast('cuda', torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
+    bf16 = device.type == 'cuda' if precision is None else precision == 'bf16'
+    precision = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
     for start in range(0, len(images), bs):
         x = data.normalize(images[start:start + bs].to(device))
         if size and size != x.shape[-1]: x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)

@@ -14,6 +14,7 @@ import pytest
 
 import sslcourse.cli as cli
 import sslcourse.data as data_module
+from sslcourse.core import get_precision
 from sslcourse.data import EMBEDDED_DIR, get_data
 
 ALL_DATASETS = ['cifar10', 'cifar100', 'fashion_mnist', 'fashion_mnist_small', 'imagenette', 'stl10']
@@ -172,6 +173,7 @@ def test_pretrain_end_to_end(tmp_path, capsys, small_data):
     assert {'method', 'data', 'arch', 'epochs', 'seconds', 'img_per_s', 'knn_acc', 'linear_acc', 'device'} <= set(record)
     assert (record['method'], record['data'], record['arch'], record['epochs'], record['device']) == \
         ('simclr', 'fashion_mnist_small', 'convnet', 1, 'cpu')
+    assert record['precision'] == get_precision(None, 'cpu')  # the record says which precision ran
     assert isinstance(record['seconds'], float) and record['seconds'] > 0
     assert isinstance(record['img_per_s'], float) and record['img_per_s'] > 0
     for key in ('knn_acc', 'linear_acc'):

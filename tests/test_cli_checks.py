@@ -23,6 +23,7 @@ def _one_line_error(capsys, arguments) -> str:
 @pytest.mark.parametrize('option, fragment', [
     (['--device', 'meta'], 'use one of: cpu'), (['--device', 'mps'], '--device mps cannot train here'),
     (['--compile', 'nosuchmode'], 'choose from: default, reduce-overhead'),
+    (['--precision', 'fp16'], "unknown precision 'fp16'; choose from: bf16, fp32"),
     (['-o', 'temperature=0'], 'temperature must be positive'), (['-o', 'scale=0.5'], 'scale must be 2 numbers'),
     (['-o', 'projection_dim=1.5'], 'projection_dim must be a whole number'),
     (['--arch', 'timm:vit_tiny_patch16_224'], 'cannot take fashion_mnist_small images of 28 px')])

@@ -12,7 +12,7 @@ from fastai.callback.core import Callback
 from sslcourse.core import UsageError, seed_everything
 from sslcourse.data import get_data
 from sslcourse.train.learner import (Method, MemoryBank, Queue, fit_ssl, optimizer_groups, reset_head_, ssl_learner,
-                               TrainingDiverged, SCHEDULES)
+                               TrainingDiverged, SCHEDULES, BFloat16)
 from sslcourse.augment import simclr_views
 from sslcourse.losses import info_nce, nt_xent
 from sslcourse.models import create_encoder, mlp
@@ -282,17 +282,34 @@ def test_resume_in_a_new_process_keeps_every_history(data, tmp_path):  # defect 
 
 
 class DtypeProbe(Callback):
-    def after_pred(self): self.dtype = self.learn.pred['z1'].dtype
+    "The dtype the encoder computes in, and what the loss receives: dtype and whether autocast is still on."
+    order = 20  # after `BFloat16` (10) left autocast
+    def before_fit(self):
+        self.learn.method.encoder.register_forward_hook(lambda module, inputs, output: setattr(self, 'forward_dtype', output.dtype))
+    def after_pred(self): self.loss_dtype, self.autocast_at_loss = self.learn.pred['z1'].dtype, torch.is_autocast_enabled('cpu')
 
 
-def test_bf16_on_a_cpu_really_autocasts(data):  # defect 9
+def test_bf16_on_a_cpu_really_autocasts_and_the_loss_runs_in_float32(data):  # defect 9
     probe = DtypeProbe()
-    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, bf16=True, cbs=[probe])
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, precision='bf16', cbs=[probe])
     fit_ssl(learn, 1, lr=1e-3)
-    assert probe.dtype == torch.bfloat16
+    assert (learn.precision, probe.forward_dtype, probe.loss_dtype, probe.autocast_at_loss) == \
+        ('bf16', torch.bfloat16, torch.float32, False)
     probe32 = DtypeProbe()
-    fit_ssl(ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, cbs=[probe32]), 1)
-    assert probe32.dtype == torch.float32
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, precision='fp32', cbs=[probe32])
+    fit_ssl(learn, 1)
+    assert (learn.precision, probe32.forward_dtype, probe32.loss_dtype) == ('fp32', torch.float32, torch.float32)
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_the_default_precision_is_bf16_only_where_the_device_computes_it_natively(data, monkeypatch, native):
+    import sslcourse.core as core
+    monkeypatch.setattr(core, 'fast_bf16', lambda device: native)
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, probe=False)
+    assert learn.precision == ('bf16' if native else 'fp32')
+    assert any(isinstance(cb, BFloat16) for cb in learn.cbs) == native
+    with pytest.raises(UsageError, match="unknown precision 'half'; choose from: bf16, fp32"):
+        ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, precision='half')
 
 
 def test_global_batch_must_split_over_processes(data, monkeypatch):

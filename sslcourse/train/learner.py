@@ -14,12 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from ..core import Registry, UsageError, TrainingDiverged, get_device  # first: it silences fastai's import-time warning
+from ..core import Registry, UsageError, TrainingDiverged, get_device, get_precision  # first: it silences fastai's import-time warning
 from fastai.learner import Learner, AvgSmoothLoss
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, SchedLin, SchedCos, combine_scheds, combined_cos
 from fastai.optimizer import OptimWrapper
+from fastai.torch_core import to_float
 from ..data import ImageData, dataloaders, get_data
 from ..augment import make_views
 from ..models import create_encoder, input_size
@@ -102,12 +103,16 @@ class MethodCallback(SSLCallback):
 
 # %% ../../nbs/07_learner.ipynb #f584bab4
 class BFloat16(Callback):
-    "Forward pass and loss under bf16 autocast, on whatever device the data lives."
+    "The forward pass under bf16 autocast, on whatever device the data lives; the loss runs in float32."
+    # the loss leaves autocast: log-sum-exp over thousands of negatives, Sinkhorn's exponentials and Barlow's and
+    # VICReg's covariances lose too much in bf16's 8-bit mantissa, and they cost little beside the encoder
     order = 10
     def before_batch(self):
         self.autocast = torch.autocast(self.dls.device.type, dtype=torch.bfloat16); self.autocast.__enter__()
-    def after_loss(self): self._leave()
-    def after_batch(self): self._leave()  # also when a callback cancelled the batch before the loss
+    def after_pred(self):
+        self._leave()
+        self.learn.pred = to_float(self.pred)  # bf16 outputs beside float32 ones would not multiply outside autocast
+    def after_batch(self): self._leave()  # also when a callback cancelled the batch before the forward pass
     def after_fit(self): self._leave()
     def _leave(self):
         if getattr(self, 'autocast', None) is not None: self.autocast.__exit__(None, None, None); self.autocast = None
@@ -199,20 +204,25 @@ def training_flops_per_image(learn: Learner, n: int = 8) -> float:
 
 
 class KNNMonitor(SSLCallback):
-    "Weighted kNN accuracy every `every` epochs, in `history`: `data.train` votes, `data.test` asks (`ssl_learner` passes a validation split)."
+    """Weighted kNN accuracy every `every` epochs, in `history`: `data.train` votes, `data.test` asks (`ssl_learner`
+    passes a validation split). `bank` fixed images vote (None: all): embedding the whole training split every epoch
+    would cost a third of a CPU epoch, and the monitor shows a trend; final tables use every image."""
     order = 80
-    def __init__(self, data: ImageData, every: int = 1, size: int | None = None):
+    def __init__(self, data: ImageData, every: int = 1, size: int | None = None, bank: int | None = 3000):
         self.data, self.every, self.size, self.history = data, every, size, []
+        labelled = torch.nonzero(data.train.labels >= 0).squeeze(1)  # unlabeled images (STL-10) cannot vote
+        # the same images in every epoch, process and resumed run
+        order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))
+        self.voters = labelled if bank is None or bank >= len(labelled) else labelled[order[:bank]].sort().values
     def checkpoint_state(self): return dict(history=self.history)
     def before_fit(self): self.history = list((self.resumed_state or {}).get('history', []))
     def after_epoch(self):
         if self.skipped or ((self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch): return
         encoder = self.learn.method.encoder
-        bank, queries = self.data.train, self.data.test
-        keep = bank.labels >= 0  # unlabeled images (STL-10) cannot vote
-        train = embed_all(encoder, bank.images[keep], self.data, self.size)
-        test = embed_all(encoder, queries.images, self.data, self.size)
-        accuracy = knn_accuracy(train, bank.labels[keep].to(train.device), test, queries.labels.to(train.device))
+        bank, queries, precision = self.data.train, self.data.test, getattr(self.learn, 'precision', None)
+        train = embed_all(encoder, bank.images[self.voters], self.data, self.size, precision)
+        test = embed_all(encoder, queries.images, self.data, self.size, precision)
+        accuracy = knn_accuracy(train, bank.labels[self.voters].to(train.device), test, queries.labels.to(train.device))
         self.history.append((self.epoch + 1, accuracy))
 
 
@@ -268,7 +278,8 @@ class CollapseMonitor(SSLCallback):
         self.history, self.dimension = list(state.get('history', [])), state.get('dimension')
     def embeddings(self) -> torch.Tensor:
         method = self.learn.method
-        features = embed_all(method.encoder, self.data.test.images[:self.count], self.data, self.size)
+        features = embed_all(method.encoder, self.data.test.images[:self.count], self.data, self.size,
+                             getattr(self.learn, 'precision', None))
         projector = getattr(method, 'projector', None)
         if projector is None: return features
         was_training = projector.training
@@ -486,6 +497,13 @@ def optimizer_groups(method: Method) -> list[dict]:
 # %% ../../nbs/07_learner.ipynb #17115c27
 class SSLLearner(Learner):
     "fastai's `Learner` with what an SSL run adds: `show_batch` draws each image beside the views the method makes of it."
+    def fit(self, *args, **kwargs):
+        "fastai's `fit`; whatever stops it (an error, Ctrl-C in a notebook), bf16 autocast does not outlive it."
+        try: return super().fit(*args, **kwargs)
+        finally:  # fastai calls `after_batch` only when a batch ends or is cancelled, not when it raises
+            for callback in self.cbs:
+                if isinstance(callback, BFloat16): callback._leave()
+
     def show_batch(self, n: int = 6, seed: int = 0):
         "Figure: `n` training images (rows), each beside the method's views of it (tiles as a mosaic); returns the figure."
         import matplotlib.pyplot as plt
@@ -513,7 +531,7 @@ class SSLLearner(Learner):
 
 def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_small', arch: str = 'convnet',
                 bs: int = 256, device=None, size: int | None = None, loss_func=None, optimizer: str | None = None,
-                schedule: str | None = None, weight_decay: float | None = None, bf16: bool | None = None,
+                schedule: str | None = None, weight_decay: float | None = None, precision: str | None = None,
                 channels_last: bool | None = None, compile: str | bool | None = None, knn_every: int | None = 1,
                 probe: bool = True, checkpoint: Path | None = None, progress: str = 'bar',
                 peak_tflops: float | None = None, split: str | None = None, sync_batchnorm: bool = False,
@@ -538,6 +556,7 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     if weight_decay is not None: method.weight_decay = weight_decay
     method = method.to(device)
     check_fits(method, data, arch)
+    precision = get_precision(precision, device)  # before any work: an unknown name fails here
     cuda = device.type == 'cuda'
     channels_last = cuda if channels_last is None else channels_last
     # before DistributedDataParallel: its gradient buckets take the parameters' strides as they are when it wraps them
@@ -558,7 +577,7 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     SCHEDULES.get(schedule)  # unknown names fail here, with the choices
     def opt_func(groups, lr): return OptimWrapper(opt=build(list(groups), lr, device))
     callbacks = [MethodCallback(), NaNGuard(), Throughput(peak_tflops)]
-    if cuda if bf16 is None else bf16: callbacks.append(BFloat16())
+    if precision == 'bf16': callbacks.append(BFloat16())
     if channels_last: callbacks.append(ChannelsLast())
     if compile: callbacks.append(Compile(None if compile is True else compile))
     if distributed: callbacks.append(AverageBatchNormStatistics())
@@ -575,7 +594,7 @@ def ssl_learner(method: str | Method, data: ImageData | str = 'fashion_mnist_sma
     learn.remove_cb(ProgressCallback)
     if progress == 'bar' and is_main(): learn.add_cb(QuietProgress())
     else: learn.logger = lambda *args: None
-    learn.method, learn.data, learn.schedule, learn.meta = method, data, schedule, meta
+    learn.method, learn.data, learn.schedule, learn.meta, learn.precision = method, data, schedule, meta, precision
     # augmentations come from a stream of their own, seeded `seed + rank`: every process draws its own views, while all
     # else that is random (initialising heads, drawing negatives) stays the same on every process, and the same as in
     # one process on the concatenated batch

@@ -220,13 +220,14 @@ class MemoryBank(nn.Module):
         return self.items[torch.randint(len(self.items), shape, device=self.items.device, generator=generator)]
 
 # %% ../../nbs/07c_method.ipynb #f1e867e5
-def embed_all(encoder: nn.Module, images: torch.Tensor, data: ImageData, size: int | None = None) -> torch.Tensor:
-    "Features of every image; with several processes each embeds every world_size-th image and all are gathered."
+def embed_all(encoder: nn.Module, images: torch.Tensor, data: ImageData, size: int | None = None,
+              precision: str | None = None) -> torch.Tensor:
+    "Features of every image (`embed`'s `precision`); with several processes each embeds every world_size-th image and all are gathered."
     device = next(encoder.parameters()).device
-    if not is_distributed(): return embed(encoder, images, data, device=device, size=size)
+    if not is_distributed(): return embed(encoder, images, data, device=device, size=size, precision=precision)
     count, share, processes = len(images), -(-len(images) // world_size()), world_size()
     mine = (torch.arange(share) * processes + rank()).clamp(max=count - 1)  # the last image pads the last share
-    gathered = all_gather_no_grad(embed(encoder, images[mine], data, device=device, size=size))
+    gathered = all_gather_no_grad(embed(encoder, images[mine], data, device=device, size=size, precision=precision))
     where = (torch.arange(share).repeat(processes) * processes
              + torch.arange(processes).repeat_interleave(share)).clamp(max=count - 1).to(device)
     return torch.zeros(count, gathered.shape[1], device=device).index_copy_(0, where, gathered)
