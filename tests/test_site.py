@@ -42,7 +42,7 @@ def _source(cell) -> str: return ''.join(cell['source'])
 
 
 def _page(notebook: str) -> str:
-    "The page nbdev gives a notebook: `07a_distributed.ipynb` -> `distributed.html`."
+    "The page nbdev gives a notebook: `06a_distributed.ipynb` -> `distributed.html`."
     from nbdev.config import nbpath2html
     return nbpath2html(notebook).name
 

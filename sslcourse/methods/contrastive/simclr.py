@@ -33,7 +33,7 @@ class SimCLR(TwoViews):
         self.temperature = temperature
         self.projector = mlp(encoder.num_features, hidden_dim, projection_dim)
 
-    # forward is TwoViews' (lesson 07c): both views through the encoder in one pass, then the projector; z1, z2 (N, d)
+    # forward is TwoViews' (lesson 06b): both views through the encoder in one pass, then the projector; z1, z2 (N, d)
 
     def loss(self, outputs: dict, *targets) -> torch.Tensor:
         return nt_xent(gather_with_grad(outputs['z1']), gather_with_grad(outputs['z2']), self.temperature)

@@ -40,7 +40,7 @@ class BYOL(TwoViews):
         self.target = MomentumCopy(encoder, self.projector)  # frozen; follows the online network by EMA
         self.momentum = base_momentum
 
-    # forward is TwoViews' (lesson 07c): one encoder pass over both views, projector, predictor (p1, p2); the targets
+    # forward is TwoViews' (lesson 06b): one encoder pass over both views, projector, predictor (p1, p2); the targets
     # z1, z2 come from here
     def targets(self, views, projections):
         if not self.stop_gradient: return projections   # ablation: regress the online network itself

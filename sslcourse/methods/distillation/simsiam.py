@@ -43,7 +43,7 @@ class SimSiam(TwoViews):
         self.predictor = mlp(projection_dim, predictor_dim, projection_dim) if predictor else nn.Identity()
         self.stop_gradient = stop_gradient
 
-    # forward is TwoViews' (lesson 07c): one encoder pass over both views (one set of BN statistics), projector,
+    # forward is TwoViews' (lesson 06b): one encoder pass over both views (one set of BN statistics), projector,
     # predictor (p1, p2); the targets z1, z2 come from here
     def targets(self, views, projections):
         return projections.detach() if self.stop_gradient else projections  # the stop-gradient: targets are constants

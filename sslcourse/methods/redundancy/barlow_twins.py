@@ -35,7 +35,7 @@ class BarlowTwins(TwoViews):
         # three linear layers with BN + ReLU between them (the paper: 8192-8192-8192); the loss standardises z itself
         self.projector = mlp(encoder.num_features, int(hidden_dim), int(projection_dim), layers=3)
 
-    # forward is TwoViews' (lesson 07c): both views through the encoder in one pass, then the projector; z1, z2 (N, D)
+    # forward is TwoViews' (lesson 06b): both views through the encoder in one pass, then the projector; z1, z2 (N, D)
 
     def loss(self, outputs: dict, *targets) -> torch.Tensor:
         # C over the global batch: every process's rows, with gradients back to their owners (identity in one process)

@@ -41,7 +41,7 @@ class VICReg(TwoViews):
         # the expander: three linear layers, BN + ReLU between them (the paper's is 8192-8192-8192)
         self.projector = mlp(encoder.num_features, int(hidden_dim), int(projection_dim), layers=3)
 
-    # forward is TwoViews' (lesson 07c): both views through the encoder in one pass, then the expander; z1, z2 (N, D),
+    # forward is TwoViews' (lesson 06b): both views through the encoder in one pass, then the expander; z1, z2 (N, D),
     # not normalised
 
     def loss(self, outputs: dict, *targets) -> torch.Tensor:
