@@ -17,6 +17,7 @@ SCAFFOLDING = {
     r'\.\./shared/': 'a file in the repository (e.g. benchmarks/peer.py)',
     r'\b[Ss]eed 00[0-3]\b': "the lecture by author and title (e.g. Ishan Misra's lecture on the SSL families)",
     r'\b(other|another) sessions?\b|\bthe sessions\b': 'other jobs, or the date and device',
+    r'\b[Tt]he\s+(lecture|talk|slides)\b': "the lecture by author and title (e.g. Scott Mueller's talk)",
 }
 
 
@@ -29,7 +30,8 @@ def test_no_internal_scaffolding(path):
 
 def test_the_patterns_catch_what_they_should():
     leaks = ["`flock /tmp/cpu.lock sslcourse pretrain simclr`", "as DESIGN.md says", "Seed 003's remark",
-             "python ../shared/bench/anchor.py", "other sessions' jobs shared the cores", "/work/tools/slot --both"]
+             "python ../shared/bench/anchor.py", "other sessions' jobs shared the cores", "/work/tools/slot --both",
+             "the lecture's claims", "as the\nlecture says"]
     for leak in leaks:
         assert any(re.search(pattern, leak) for pattern in SCAFFOLDING), leak
     for fine in ["Ishan Misra's lecture on the SSL families", "seed 0", "the session's kernel", "seeds 0, 1 and 2"]:
