@@ -5,7 +5,7 @@ import pytest
 from sslcourse import cli
 from sslcourse.experiments import benchmark as comparison
 from sslcourse.experiments.benchmark import (FAMILIES, FAMILY_NAMES, budget_epochs, calibrate, compare, format_table, select_methods,
-                               summarise, baselines, family_winners, format_winners)
+                               summarise, baselines, family_winners, format_winners, budget_curve, plot_budget_curve)
 from sslcourse.core import UsageError
 from sslcourse.train.learner import list_methods
 
@@ -58,6 +58,7 @@ def test_a_budget_shorter_than_half_an_epoch_is_impossible(tmp_path, monkeypatch
     (['compare', 'simclrr'], "unknown method or family 'simclrr'"),
     (['compare', 'simclr', '--seconds', '0'], '--seconds must be a positive'),
     (['compare', 'simclr', '--seconds', 'nan'], '--seconds must be a positive'),
+    (['compare', 'simclr', '--seconds', '60', '0'], '--seconds must be a positive'),
     (['compare', 'simclr', '--epochs', '0'], '--epochs must be at least 1'),
     (['compare', 'simclr', '--seeds', '0'], '--seeds must be at least 1'),
     (['compare', 'simclr', '--label-fraction', '1.5'], '--label-fraction must be in (0, 1]'),
@@ -162,3 +163,52 @@ def test_the_random_init_baseline_follows_the_seed():
     other = compare_with_baselines(encoder, data, 'cpu', seed=1)['random init']
     assert first == again and first != other
     assert compare_with_baselines(encoder, data, 'cpu')['random init'] == first  # the default is seed 0
+
+
+def _budget_report(seconds, knn_by_seed, linear_by_seed, method='simclr'):
+    "A `compare` report of one budget: one record per seed, with the shared baselines of each seed."
+    records = [dict(method=method, seed=seed, epochs=2, seconds=float(seconds), img_per_s=100.0, peak_memory_mb=500.0,
+                    knn_acc=knn, linear_acc=linear, baselines={'random init': dict(knn=0.70 + seed / 100, linear=0.80),
+                                                               'raw pixels': dict(knn=0.78, linear=0.81)})
+               for seed, (knn, linear) in enumerate(zip(knn_by_seed, linear_by_seed))]
+    return dict(date='2026-12-07', data='fashion_mnist_small', arch='convnet', bs=256, device='cpu', limit=None,
+                seconds=seconds, epochs=None, seeds=list(range(len(records))), fractions=[], machine='test',
+                records=records, finetune_random_init={}, skipped={}, diverged={}, failed={})
+
+
+def test_budget_curve_lines_up_the_budgets():
+    curve = budget_curve({120: _budget_report(120, [0.76, 0.78], [0.85, 0.87]), 60: _budget_report(60, [0.72, 0.74], [0.83, 0.85])})
+    assert curve['budgets'] == [60, 120]
+    simclr = curve['methods']['simclr']
+    assert simclr['family'] == 'contrastive' and simclr['seconds'] == [60, 120]
+    assert [round(mean, 4) for mean, _ in simclr['knn']] == [0.73, 0.77] and simclr['linear'][1][0] == pytest.approx(0.86)
+    assert simclr['knn'][0][1] == pytest.approx(math.sqrt(0.0002))  # the spread over the two seeds
+    random_init = curve['baselines']['random init']['knn']  # one draw per seed, pooled over the budgets
+    assert random_init[0] == pytest.approx(0.705) and random_init[1] == pytest.approx(math.sqrt(0.00005))
+    assert curve['baselines']['raw pixels']['linear'][0] == pytest.approx(0.81)
+    figure = plot_budget_curve(curve)
+    knn_axis = figure.axes[0]
+    assert [round(x, 3) for x in knn_axis.get_xticks()] == [1.0, 2.0] and knn_axis.get_xscale() == 'log'
+    assert [container.get_label() for container in knn_axis.containers] == ['simclr (contrastive)']  # mean ± sd per budget
+    assert len(knn_axis.patches) == 1  # the random-init band; raw pixels has no spread, so only its line
+    assert {line.get_label() for line in knn_axis.get_lines()} >= {'random init', 'raw pixels'}
+
+
+def test_several_budgets_run_one_comparison_each_and_draw_the_curve(tmp_path, monkeypatch):
+    calls = []
+    def fake_compare(methods, seconds, epochs, seeds, fractions, data, arch, bs, device, limit, out, runs, runner=None, log=print):
+        calls.append((seconds, out, runs))
+        return _budget_report(seconds, [0.70 + seconds / 6000] * len(seeds), [0.84] * len(seeds))
+    monkeypatch.setattr(comparison, 'compare', fake_compare)
+    out, runs = tmp_path / 'out', tmp_path / 'runs'
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(['compare', 'simclr', '--seconds', '120', '60', '--seeds', '2', '--label-fraction',
+                           '--out', str(out), '--runs', str(runs), '--device', 'cpu'])
+    assert status == 0, printed.getvalue()
+    assert calls == [(60, out / '60s', runs / '60s'), (120, out / '120s', runs / '120s')]  # shortest budget first
+    for budget in ('60s', '120s'): assert (out / budget / 'compare.json').is_file() and (out / budget / 'compare.md').is_file()
+    curve = json.loads((out / 'budget.json').read_text())
+    assert curve['budgets'] == [60, 120] and curve['seeds'] == 2
+    assert [round(mean, 3) for mean, _ in curve['methods']['simclr']['knn']] == [0.71, 0.72]
+    assert (out / 'budget.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -17,7 +17,8 @@ from ..data import get_data, list_datasets
 # %% auto #0
 __all__ = ['FAMILIES', 'FAMILY_NAMES', 'METRICS', 'FAMILY_COLOURS', 'family', 'select_methods', 'run_command', 'calibrate',
            'budget_epochs', 'finetune_baseline', 'compare', 'machine', 'summarise', 'baselines', 'format_table',
-           'plot_comparison', 'family_winners', 'format_winners', 'plot_cost', 'add_compare_arguments', 'run_compare']
+           'plot_comparison', 'family_winners', 'format_winners', 'plot_cost', 'budget_curve', 'plot_budget_curve',
+           'add_compare_arguments', 'run_compare']
 
 # %% ../../nbs/50_benchmark.ipynb #cb3058be
 FAMILIES = {
@@ -380,13 +381,57 @@ def plot_cost(report: dict, metric: str = 'linear', ax=None):
     ax.legend(fontsize=8, loc='best')
     return ax
 
+# %% ../../nbs/50_benchmark.ipynb #budget-curve
+def budget_curve(reports: dict) -> dict:
+    """`reports`: {training seconds: the `compare` report of that budget}. Returns {'budgets': [seconds, ...],
+    'methods': {name: {'family', 'seconds': [...], 'knn': [(mean, std), ...], 'linear': [...]}}, 'baselines':
+    {'random init': {'knn': (mean, std), 'linear': ...}, 'raw pixels': {...}}}; the baselines pool every budget."""
+    budgets = sorted(reports)
+    methods = {}
+    for seconds in budgets:
+        for row in summarise(reports[seconds]):
+            entry = methods.setdefault(row['method'], dict(family=row['family'], seconds=[], knn=[], linear=[]))
+            entry['seconds'].append(seconds); entry['knn'].append(row['knn']); entry['linear'].append(row['linear'])
+    pooled = dict(records=[r for seconds in budgets for r in reports[seconds]['records']], fractions=[])
+    return dict(budgets=budgets, methods=methods, baselines=baselines(pooled))
+
+
+def plot_budget_curve(curve: dict, metrics=('knn', 'linear'), title: str = ''):
+    "Accuracy against training minutes (log scale), one line per method coloured by family; baselines as bands."
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.8), squeeze=False)
+    minutes = [seconds / 60 for seconds in curve['budgets']]
+    names = {'knn': 'kNN accuracy (k = 200)', 'linear': 'linear probe accuracy'}
+    for ax, metric in zip(axes.flat, metrics):
+        for (baseline, style), shade in zip((('random init', '--'), ('raw pixels', ':')), (0.18, 0.0)):
+            mean, std = curve['baselines'][baseline][metric]
+            if mean is None: continue
+            ax.axhline(mean, color='k', linestyle=style, linewidth=1, label=baseline)
+            if std: ax.axhspan(mean - std, mean + std, color='grey', alpha=shade, linewidth=0)
+        for name, entry in curve['methods'].items():
+            means = [mean for mean, _ in entry[metric]]
+            spreads = [std or 0 for _, std in entry[metric]]
+            ax.errorbar([seconds / 60 for seconds in entry['seconds']], means, yerr=spreads, marker='o', markersize=4,
+                        capsize=3, color=FAMILY_COLOURS[entry['family']], label=f"{name} ({entry['family']})")
+        ax.set_xscale('log', base=2)
+        ax.xaxis.set_major_locator(FixedLocator(minutes)); ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f'{m:g}' for m in minutes])
+        ax.set_xlabel('training minutes per run (log scale)'); ax.set_ylabel('test accuracy')
+        ax.set_title(names.get(metric, metric)); ax.grid(alpha=0.3)
+    axes.flat[-1].legend(fontsize=7, loc='lower right')
+    fig.suptitle(title or 'accuracy against training budget (mean ± standard deviation over seeds; band: random init ± sd)')
+    fig.tight_layout()
+    return fig
+
 # %% ../../nbs/50_benchmark.ipynb #4017696d
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `sslcourse compare` to `parser`."
     parser.add_argument('methods', nargs='*', default=['all'],
                         help='methods or families to compare (default: all); e.g. contrastive clustering rotnet')
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument('--seconds', type=float, default=60.0, help='training seconds per method (default 60)')
+    budget.add_argument('--seconds', type=float, nargs='+', default=[60.0],
+                        help='training seconds per method (default 60); several values also draw accuracy against budget')
     budget.add_argument('--epochs', type=int, default=None, help='the same epochs for every method instead of seconds')
     parser.add_argument('--seeds', type=int, default=1, help='seeds per method, for the spread (default 1)')
     parser.add_argument('--label-fraction', type=float, nargs='*', default=[0.01, 0.1], metavar='FRACTION',
@@ -402,13 +447,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_compare(args: argparse.Namespace, runner=None) -> dict:
-    "Check `args`, run the comparison, print the table and write the JSON, table and figure."
+    """Check `args`, run the comparison, print the table and write the JSON, table and figure; with several
+    `--seconds`, one comparison per budget (in `OUT/60s/`, ...) and the curve across them (`budget.json`, `budget.png`)."""
     from sslcourse.viz import save_figure
     from sslcourse.models import ARCHITECTURES
     methods = select_methods(args.methods)
     if args.epochs is not None and args.epochs < 1: raise UsageError(f'--epochs must be at least 1, got {args.epochs}')
-    if args.epochs is None and not (math.isfinite(args.seconds) and args.seconds > 0):
-        raise UsageError(f'--seconds must be a positive number of training seconds per method, got {args.seconds:g}')
+    for seconds in ([] if args.epochs is not None else args.seconds):
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise UsageError(f'--seconds must be a positive number of training seconds per method, got {seconds:g}')
     if args.seeds < 1: raise UsageError(f'--seeds must be at least 1, got {args.seeds}')
     for fraction in args.label_fraction:
         if not 0 < fraction <= 1: raise UsageError(f'--label-fraction must be in (0, 1], got {fraction}; for example 0.01 0.1')
@@ -420,7 +467,25 @@ def run_compare(args: argparse.Namespace, runner=None) -> dict:
     device = get_device(args.device).type
     name = f"compare-{args.data}-{args.arch.replace(':', '_')}-{device}"
     out, runs = Path(args.out or f'benchmarks/{name}'), Path(args.runs or f'runs/{name}')
-    report = compare(methods, None if args.epochs else args.seconds, args.epochs, range(args.seeds), args.label_fraction,
+    budgets = [None] if args.epochs is not None else sorted(set(args.seconds))
+    if len(budgets) > 1:  # one comparison per budget, each in a folder of its own, then the curve across them
+        reports = {seconds: _compare_once(args, methods, seconds, device, out / f'{seconds:g}s', runs / f'{seconds:g}s', runner)
+                   for seconds in budgets}
+        curve = budget_curve(reports)
+        write_json(out / 'budget.json', dict(curve, data=args.data, arch=args.arch, bs=args.bs, device=device,
+                                             seeds=args.seeds, date=datetime.date.today().isoformat()))
+        if curve['methods']:
+            save_figure(plot_budget_curve(curve, title=f'{args.data}, {args.arch}, batch {args.bs}, {args.seeds} seed(s): '
+                                                       'accuracy against training minutes'), out / 'budget.png')
+        print(f"wrote {out / 'budget.json'}" + (f", {out / 'budget.png'}" if curve['methods'] else ''))
+        return reports
+    return _compare_once(args, methods, budgets[0], device, out, runs, runner)
+
+
+def _compare_once(args, methods, seconds, device, out: Path, runs: Path, runner=None) -> dict:
+    "One comparison on one budget (`seconds`, or `args.epochs` when None): run, print the table, write JSON, table and figure."
+    from sslcourse.viz import save_figure
+    report = compare(methods, seconds, args.epochs, range(args.seeds), args.label_fraction,
                      args.data, args.arch, args.bs, device, args.limit, out, runs, runner=runner,
                      log=lambda line: print(line, flush=True))
     table = format_table(report)
