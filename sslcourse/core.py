@@ -61,7 +61,8 @@ PRECISIONS = ('bf16', 'fp32')
 def fast_bf16(device: str | torch.device) -> bool:
     "Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 (Ampere on), a CPU with AVX512-BF16 or AMX."
     device = torch.device(device)
-    if device.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == 'cuda':  # not emulated bf16 (pre-Ampere GPUs), which is slower than fp32
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != 'cpu': return False
     return any(getattr(torch.cpu, test, lambda: False)() for test in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
 
