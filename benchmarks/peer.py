@@ -66,7 +66,7 @@ def peer_simclr(seconds: float, bs: int, workers: int, threads: int) -> dict:
     if counted_from is None: sys.exit(f'benchmarks/peer.py: {seconds} s did not cover one epoch; give more --seconds')
     return dict(lightly=lightly.__version__, steps=steps, seconds=round(finished - started, 1),
                 img_per_s=round((steps - warm_up) * bs / (finished - counted_from), 1),
-                img_per_s_with_first_epoch=round(steps * bs / (finished - started), 1), final_loss=round(float(loss), 4))
+                img_per_s_with_first_epoch=round(steps * bs / (finished - started), 1), final_loss=round(loss.item(), 4))
 
 
 def main():
