@@ -48,6 +48,8 @@ def test_knn_monitor_votes_with_a_fixed_subset(data):
     some, again = KNNMonitor(monitored, bank=50).voters, KNNMonitor(monitored, bank=50).voters
     assert len(some) == 50 and torch.equal(some, again) and len(set(some.tolist())) == 50
     assert not torch.equal(some, everyone[:50]), 'a random subset, not the first images (which may share a class)'
+    labelled = len(monitored.train)
+    assert KNNMonitor(monitored, bank=None).k == 200 and KNNMonitor(monitored, bank=50).k == round(200 * 50 / labelled)
     monitored.train.labels[:10] = -1  # unlabeled images cannot vote
     assert not set(KNNMonitor(monitored, bank=None).voters.tolist()) & set(range(10))
 
