@@ -16,7 +16,6 @@ lightly is an optional extra, never a dependency of sslcourse: `pip install ligh
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from sslcourse.experiments.benchmark import machine
 
 
 def peer_simclr(seconds: float, bs: int, workers: int, threads: int) -> dict:
@@ -87,9 +88,7 @@ def main():
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         ours = json.loads(record_path.read_text())
     peer = peer_simclr(args.seconds, args.bs, args.workers, args.threads)
-    cpu = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
-                if line.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
-    record = dict(date=str(datetime.date.today()), cpu=cpu, threads=args.threads, torch=torch.__version__,
+    record = dict(date=str(datetime.date.today()), cpu=machine('cpu'), threads=args.threads, torch=torch.__version__,
                   command=' '.join(['python', *sys.argv]), sslcourse=ours, peer=peer,
                   ratio=round(ours['img_per_s'] / peer['img_per_s'], 2))
     print(f"sslcourse {ours['img_per_s']:.0f} img/s ({ours['precision']}), lightly {peer['img_per_s']:.0f} img/s: "

@@ -11,7 +11,6 @@ resumes from its checkpoint (in `runs/precision/`).
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from sslcourse.experiments.benchmark import machine
 
 
 def run(method: str, precision: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -72,10 +73,8 @@ def main():
     results = {m: {p: summary([records[m, p, s] for s in args.seeds]) for p in ('fp32', 'bf16')} for m in args.methods}
     text = table(results)
     print(text)
-    cpu = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
-                if line.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
     (out / 'summary.json').write_text(json.dumps(dict(
-        date=str(datetime.date.today()), cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
+        date=str(datetime.date.today()), cpu=machine('cpu'), threads=torch.get_num_threads(), torch=torch.__version__,
         native_bf16=bool(torch.cpu._is_avx512_bf16_supported()), command=' '.join(['python', *sys.argv]),
         results=results), indent=1))
     (out / 'table.md').write_text(text + '\n')

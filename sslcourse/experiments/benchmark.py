@@ -175,9 +175,13 @@ def compare(methods: list[str], seconds: float | None = 60.0, epochs: int | None
 
 
 def machine(device: str) -> str:
-    "What the numbers were measured on, in words."
+    "What the numbers were measured on, in words: the GPU's name, or the CPU's model, cores and torch threads."
     if device.startswith('cuda') and torch.cuda.is_available(): return torch.cuda.get_device_name()
-    return f'{platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}'
+    info = Path('/proc/cpuinfo')  # Linux; elsewhere `platform.processor()` is the best name there is
+    names = [line.split(':', 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith('model name')] if info.exists() else []
+    model = names[0] if names else platform.processor() or platform.machine()
+    return f'{model} ({platform.machine()}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}'
 
 # %% ../../nbs/50_benchmark.ipynb #6cc84532
 def _mean_std(values) -> tuple[float, float | None]:
