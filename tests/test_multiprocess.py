@@ -50,7 +50,8 @@ def _run(rank: int, folder: str, world_size: int, port: int):
     method = Mirrored(create_encoder('convnet', 1), 28, data.mean, data.std)
     record = Record()
     learn = ssl_learner(method, data, bs=GLOBAL_BATCH, device='cpu', optimizer='sgd', knn_every=None, probe=False,
-                        progress='none', sync_batchnorm=True, seed=0, precision='fp32', cbs=[record])  # exact in fp32
+                        progress='none', sync_batchnorm=True, seed=0, precision='fp32', channels_last=False,
+                        cbs=[record])  # fp32, default layout: equal to float rounding (bf16 and channels_last round by batch size)
     assert is_distributed() == (world_size > 1)
     converted = sum(isinstance(m, CrossProcessBatchNorm) for m in learn.method.modules())
     fit_ssl(learn, 1, lr=0.05)

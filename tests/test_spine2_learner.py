@@ -312,6 +312,19 @@ def test_the_default_precision_is_bf16_only_where_the_device_computes_it_nativel
         ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, precision='half')
 
 
+def test_channels_last_is_the_default_on_the_cpu_too(data):
+    "oneDNN's convolutions gain from channels_last as cuDNN's do (benchmarks/memory_format.py); off by request."
+    from sslcourse.train.learner import ChannelsLast
+    is_channels_last = lambda learn: all(p.is_contiguous(memory_format=torch.channels_last)
+                                         for p in learn.method.parameters() if p.dim() == 4)
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, probe=False)
+    assert is_channels_last(learn) and any(isinstance(cb, ChannelsLast) for cb in learn.cbs)
+    fit_ssl(learn, 1)  # trains in that layout
+    learn = ssl_learner('simclr', data, bs=50, device='cpu', progress='none', knn_every=None, probe=False,
+                        channels_last=False)
+    assert not is_channels_last(learn) and not any(isinstance(cb, ChannelsLast) for cb in learn.cbs)
+
+
 def test_global_batch_must_split_over_processes(data, monkeypatch):
     import sslcourse.train.learner as learner
     monkeypatch.setattr(learner, 'world_size', lambda: 3)
