@@ -287,8 +287,9 @@ def pretrain(args) -> dict:
         extra['cluster_history'] = learn.method.cluster_history
     save_figure(plot_training(learn, f'{args.method} on {args.data}'), out / 'loss.png')
     features = embed(encoder, data.test.images, data, device=device, size=size)
-    save_figure(plot_embedding(features, data.test.labels, data.classes,
-                   f'{args.method} features of the {args.data} test split (t-SNE)'), out / 'embedding.png')
+    # 1,000 points, not 2,000: t-SNE takes about half as long (measured) and shows the same classes
+    save_figure(plot_embedding(features, data.test.labels, data.classes, max_points=1000,
+                   title=f'{args.method} features of 1,000 {args.data} test images (t-SNE)'), out / 'embedding.png')
     record = _record(args, device, timing['seconds'], timing['img_per_s'], knn_acc=round(results['ssl']['knn'], 4),
                      linear_acc=round(results['ssl']['linear'], 4),
                      baselines={k: {m: round(v, 4) for m, v in row.items()} for k, row in results.items() if k != 'ssl'},
